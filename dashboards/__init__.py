@@ -1,0 +1,1 @@
+"""abgate dashboards: report pages served by the gateway and Grafana JSON."""

@@ -1,0 +1,1 @@
+"""abgate experiments: YAML schema, metrics, the statistics engine and reports."""

@@ -1,0 +1,1 @@
+"""abgate exporters: ONNX export, fine-tuning, index building and offline evaluation."""

@@ -1,0 +1,1 @@
+"""abgate's HTTP gateway: routes, assignment, encoder runtime, search and event logging."""
