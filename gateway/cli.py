@@ -11,9 +11,13 @@ from gateway.errors import AbgateError
 
 # Each module exposes register(subparsers); a subcommand sets `func(args) -> int | None` as its default.
 COMMAND_MODULES = (
-    "exporters.commands",
-    "gateway.commands",
-    "experiments.commands",
+    "exporters.commands",          # export-model, finetune, build-index, eval-offline
+    "gateway.commands",            # serve
+    "gateway.db_commands",         # db migrate, events
+    "gateway.simulate_commands",   # simulate, demo
+    "experiments.commands",        # experiments validate
+    "experiments.stats_commands",  # stats
+    "experiments.report_commands", # report
 )
 
 
