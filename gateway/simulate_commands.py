@@ -1,0 +1,86 @@
+"""`abgate simulate` (simulated users against a running gateway) and `abgate demo` (the whole loop)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+DEFAULT_DATA = "../shared/data/scifact"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="replay simulated users (searches and clicks) against a gateway",
+                       description="Simulated users send judged test queries to a running gateway over HTTP "
+                                   "and click according to the qrels-driven click model of docs/simulator.md.")
+    p.add_argument("--url", required=True, help="the gateway, on this machine: http://127.0.0.1:PORT")
+    p.add_argument("--data", default=DEFAULT_DATA, help="BEIR folder (queries.jsonl, qrels/)")
+    p.add_argument("--split", default="test", help="qrels split whose queries are sent (default: test)")
+    p.add_argument("--users", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prefix", default="sim", help="unit ids are PREFIX-SEED-INDEX")
+    p.add_argument("--mean-visits", type=float, default=3.0)
+    p.add_argument("--mean-searches", type=float, default=2.0, help="searches per visit")
+    p.add_argument("--k", type=int, default=10, help="results asked per search")
+    p.add_argument("--concurrency", type=int, default=8, help="users in flight at once")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="stop after this long, whatever is left")
+    p.add_argument("--eta", type=float, default=1.0, help="examination decay 1/position**eta")
+    p.add_argument("--p-relevant", type=float, default=0.6, help="P(click | examined, relevant)")
+    p.add_argument("--noise", type=float, default=0.03, help="P(click | examined, irrelevant)")
+    p.add_argument("--p-conversion", type=float, default=0.1, help="P(conversion | relevant click)")
+    p.add_argument("--no-dwell", action="store_true", help="send clicks without dwell events")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.set_defaults(func=simulate)
+
+    d = sub.add_parser("demo", help="the whole loop on SciFact: export, fine-tune, index, serve, simulate, report",
+                       description="Same as `make demo`; see docs/demo.md. Finished steps are skipped.")
+    from gateway.demo import add_arguments
+    add_arguments(d)
+    d.set_defaults(func=demo)
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from gateway.replay import check_loopback, replay
+    from gateway.simulator import ClickModel, Population, load_judgments, make_users
+
+    url = check_loopback(args.url)
+    model = ClickModel(eta=args.eta, p_relevant=args.p_relevant, noise=args.noise,
+                       p_conversion=args.p_conversion, dwell=not args.no_dwell)
+    population = Population(users=args.users, mean_visits=args.mean_visits, mean_searches=args.mean_searches)
+    judgments = load_judgments(args.data, args.split)
+    users = make_users(population, judgments.query_ids, seed=args.seed, model=model, prefix=args.prefix)
+    planned = sum(u.searches for u in users)
+    print(f"simulate: {len(users)} users, {planned} searches over {len(judgments.queries)} judged queries "
+          f"-> {url}", file=sys.stderr)
+
+    def progress(r) -> None:
+        rate = r.searches / r.seconds if r.seconds else 0.0
+        print(f"simulate: {r.users_done}/{r.users} users, {r.searches}/{planned} searches, {r.clicks} clicks, "
+              f"{r.failed_searches + r.failed_feedback} errors, {rate:.0f} searches/s", file=sys.stderr)
+
+    result = asyncio.run(replay(url, judgments, users, model=model, seed=args.seed, k=args.k,
+                                concurrency=args.concurrency, max_seconds=args.max_seconds, progress=progress))
+    summary = result.as_dict() | {"planned_searches": planned, "url": url, "seed": args.seed,
+                                  "click_model": asdict(model), "population": asdict(population)}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{result.users_done}/{result.users} users finished, {result.searches} searches, "
+              f"{result.clicks} clicks, {result.dwells} dwells, {result.conversions} conversions in "
+              f"{result.seconds:.1f} s ({summary['searches_per_s']} searches/s)")
+        if result.stopped:
+            print(f"stopped early: {result.stopped}")
+    if result.failed_searches or result.failed_feedback:
+        print(f"simulate: {result.failed_searches} searches and {result.failed_feedback} feedback events failed; "
+              f"first: {result.errors[0] if result.errors else '?'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run
+
+    return run(args)

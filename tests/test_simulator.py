@@ -1,0 +1,160 @@
+"""The click model and simulated users (seeded, exact), the SciFact loader, and the CLI's input checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.errors import InputError
+from gateway.replay import check_loopback
+from gateway.simulator import ClickModel, Population, load_judgments, make_users, user_rng
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("DATA", ROOT.parent / "shared" / "data" / "scifact"))
+if not DATA.is_absolute():
+    DATA = (ROOT / DATA).resolve()
+
+
+def click_rates(model: ClickModel, doc_ids, relevance, draws: int = 20_000, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(len(doc_ids))
+    for _ in range(draws):
+        for event in model.feedback(doc_ids, relevance, rng):
+            if event["type"] == "click":
+                counts[event["position"] - 1] += 1
+    return counts / draws
+
+
+def test_click_rates_follow_examination_times_attractiveness():
+    model = ClickModel(eta=1.0, p_relevant=0.6, noise=0.05, dwell=False, p_conversion=0.0)
+    docs = ["a", "b", "c", "d"]
+    relevance = {"a": 1, "c": 1}
+    rates = click_rates(model, docs, relevance)
+    expected = np.array([0.6 / 1, 0.05 / 2, 0.6 / 3, 0.05 / 4])
+    # 20k draws: standard error <= 0.0035, so 4 standard errors is 0.014.
+    np.testing.assert_allclose(rates, expected, atol=0.014)
+    assert rates[0] > rates[2] > rates[1]  # relevance and position both matter
+
+
+def test_a_better_ranking_earns_more_clicks_than_a_worse_one():
+    model = ClickModel(dwell=False)
+    relevance = {"rel": 1}
+    good = ["rel"] + [f"x{i}" for i in range(9)]
+    bad = [f"x{i}" for i in range(9)] + ["rel"]
+    good_clicks = click_rates(model, good, relevance, draws=5_000).sum()
+    bad_clicks = click_rates(model, bad, relevance, draws=5_000).sum()
+    assert good_clicks > bad_clicks + 0.3  # 0.6 + noise vs 0.06 + noise
+
+
+def test_graded_relevance_and_zero_noise():
+    model = ClickModel(eta=0.0, p_relevant=0.5, noise=0.0)
+    assert model.attractiveness(0) == 0.0
+    assert model.attractiveness(1) == pytest.approx(0.5)
+    assert model.attractiveness(2) == pytest.approx(0.75)
+    probs = model.click_probabilities(["a", "b"], {"b": 2})
+    np.testing.assert_allclose(probs, [0.0, 0.75])
+
+
+def test_dwell_and_conversion_follow_relevance():
+    model = ClickModel(eta=0.0, p_relevant=1.0, noise=1.0, p_conversion=0.5)
+    rng = np.random.default_rng(3)
+    relevant_dwell, irrelevant_dwell, conversions, relevant_clicks = [], [], 0, 0
+    for _ in range(2_000):
+        for event in model.feedback(["r", "i"], {"r": 1}, rng):
+            if event["type"] == "dwell":
+                (relevant_dwell if event["doc_id"] == "r" else irrelevant_dwell).append(event["value"])
+            conversions += event["type"] == "conversion"
+            relevant_clicks += event["type"] == "click" and event["doc_id"] == "r"
+            assert event["type"] != "conversion" or event["doc_id"] == "r"
+    assert np.median(relevant_dwell) == pytest.approx(model.dwell_relevant_s, rel=0.1)
+    assert np.median(irrelevant_dwell) == pytest.approx(model.dwell_irrelevant_s, rel=0.1)
+    assert conversions / relevant_clicks == pytest.approx(0.5, abs=0.05)
+
+
+def test_probabilities_are_checked():
+    with pytest.raises(InputError, match="probability"):
+        ClickModel(p_relevant=1.5)
+    with pytest.raises(InputError, match="eta"):
+        ClickModel(eta=-1)
+
+
+def test_users_are_reproducible_and_repeat_visits():
+    population = Population(users=500, mean_visits=3.0, mean_searches=2.0)
+    ids = [str(i) for i in range(50)]
+    users = make_users(population, ids, seed=7)
+    again = make_users(population, ids, seed=7)
+    other = make_users(population, ids, seed=8)
+    assert users == again and users != other
+    assert len({u.unit_id for u in users}) == 500
+    assert all(len(u.visits) >= 1 and all(len(v) >= 1 for v in u.visits) for u in users)
+    visits = np.mean([len(u.visits) for u in users])
+    searches = np.mean([len(v) for u in users for v in u.visits])
+    assert visits == pytest.approx(3.0, abs=0.2) and searches == pytest.approx(2.0, abs=0.15)
+    assert np.mean([u.propensity for u in users]) == pytest.approx(1.0, abs=0.05)
+    # Users are independent of each other: a larger population keeps the first users unchanged.
+    assert make_users(Population(users=10), ids, seed=7)[:3] == make_users(Population(users=3), ids, seed=7)
+    assert user_rng(7, 0).random() == user_rng(7, 0).random()
+
+
+def test_searches_per_user_are_bounded():
+    users = make_users(Population(users=50, mean_visits=20, mean_searches=10, max_searches_per_user=12),
+                       ["q"], seed=0)
+    assert max(u.searches for u in users) <= 12
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="SciFact not found")
+def test_loads_scifact_test_judgments():
+    judgments = load_judgments(DATA, "test")
+    assert len(judgments.queries) == 300  # SciFact test: 300 judged queries
+    assert sum(len(d) for d in judgments.qrels.values()) == 339
+
+
+def test_bad_qrels_line_is_reported_with_its_number(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "queries.jsonl").write_text('{"_id": "1", "text": "a claim"}\n')
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n1\td1\t1\n1 d2 1\n")
+    with pytest.raises(InputError) as info:
+        load_judgments(tmp_path)
+    assert info.value.line == 3 and info.value.file.endswith("test.tsv")
+    with pytest.raises(InputError, match="not found"):
+        load_judgments(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "http://example.com", "ftp://127.0.0.1/"])
+def test_only_loopback_targets(url):
+    with pytest.raises(InputError, match="loopback"):
+        check_loopback(url)
+
+
+def test_loopback_targets_are_accepted():
+    assert check_loopback("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+    assert check_loopback("http://localhost:1") == "http://localhost:1"
+
+
+def test_cli_refuses_a_remote_target_without_a_traceback():
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "simulate", "--url", "http://192.168.1.1:80",
+                           "--data", str(DATA), "--json"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("abgate: error: --url: ")
+    assert "loopback" in json.loads(proc.stdout)["error"]
+
+
+def test_cli_says_when_no_gateway_answers():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "simulate", "--url", f"http://127.0.0.1:{port}",
+                           "--data", str(DATA), "--users", "30"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "abgate serve" in proc.stderr and "ConnectError" in proc.stderr
