@@ -1,0 +1,312 @@
+"""Types for one experiment YAML file, and their validation.
+
+`parse_experiment(data)` turns the plain data of one YAML document into a frozen `Experiment`, or into a list
+of `Problem`s, each naming the field (as a path of keys and list indexes) and saying what to do. It never
+stops at the first problem: `abgate experiments validate` reports every one. The loader (experiments/loader.py)
+turns the paths into file:line; this module knows nothing about files.
+
+The shape (one file per experiment) is the one in docs/architecture.md, plus two optional fields:
+- `layer_buckets: [start, end]` — the slice of the layer's 10,000 buckets the experiment may use (default the
+  whole layer). Running experiments of one layer must use disjoint slices; see gateway/assignment.py.
+- per arm `dimensions` (Matryoshka truncation) and `score_threshold` (results below it are dropped).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+BUCKETS = 10_000
+UNITS = ("user", "session")
+STATUSES = ("draft", "running", "stopped")
+MAX_TOP_K = 100
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_METRIC = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    message: str
+
+    @property
+    def field(self) -> str:
+        return format_path(self.path)
+
+
+def format_path(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    weight: float
+    encoder: str
+    index: str
+    top_k: int = 10
+    dimensions: int | None = None
+    score_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    metric: str
+    max_relative_increase: float | None = None
+    max_absolute_increase: float | None = None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    primary: str
+    secondary: tuple[str, ...] = ()
+    guardrails: tuple[Guardrail, ...] = ()
+
+
+@dataclass(frozen=True)
+class Design:
+    alpha: float = 0.05
+    power: float = 0.8
+    mde: float | None = None
+    sample_size: int | None = None
+    sequential: bool = False
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    owner: str
+    layer: str
+    unit: str
+    salt: str
+    status: str
+    start: datetime | None
+    end: datetime | None
+    allocation: float
+    control: str
+    arms: tuple[Arm, ...]
+    metrics: Metrics
+    design: Design
+    layer_buckets: tuple[int, int] = (0, BUCKETS)
+    source: str | None = field(default=None, compare=False)  # the file it came from, for messages
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise KeyError(name)
+
+    @property
+    def control_arm(self) -> Arm:
+        return self.arm(self.control)
+
+    def serving_status(self, now: datetime) -> str:
+        """draft | running | stopped, with the start/end window applied: before start -> draft, after end -> stopped."""
+        if self.status == "running":
+            if self.start is not None and now < self.start:
+                return "draft"
+            if self.end is not None and now >= self.end:
+                return "stopped"
+        return self.status
+
+
+class _Reader:
+    """Reads fields out of one mapping, collecting problems instead of raising."""
+
+    def __init__(self, data: Any, path: Path, problems: list[Problem]) -> None:
+        self.path, self.problems = path, problems
+        if not isinstance(data, dict):
+            self.fail((), f"must be a mapping of fields, got {_kind(data)}")
+            data = {}
+        self.data = data
+
+    def fail(self, key: Path, message: str) -> None:
+        self.problems.append(Problem(self.path + key, message))
+
+    def unknown(self, known: set[str]) -> None:
+        for key in self.data:
+            if key not in known:
+                hint = f"; known fields are: {', '.join(sorted(known))}"
+                self.fail((str(key),), f"is not a known field, remove it or fix its spelling{hint}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None,
+            what: str = "") -> Any:
+        if key not in self.data or (self.data[key] is None and not required):
+            if required:
+                self.fail((key,), f"is required: add `{key}:`{' with ' + what if what else ''}")
+            return default
+        value = self.data[key]
+        # YAML's bool is an int subclass: `weight: yes` must not pass as a number.
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self.fail((key,), f"must be {what or _kind_name(kind)}, got a boolean")
+            return default
+        if not isinstance(value, kind):
+            self.fail((key,), f"must be {what or _kind_name(kind)}, got {_kind(value)}")
+            return default
+        return value
+
+    def text(self, key: str, *, required: bool = True, pattern: re.Pattern | None = None, what: str = "") -> str:
+        value = self.get(key, str, required=required, default="", what=what or "a string")
+        if value and pattern is not None and not pattern.match(value):
+            self.fail((key,), f"{value!r} is not a valid name: use lower-case letters, digits, '-', '_' or '.'")
+        elif required and isinstance(self.data.get(key), str) and not value.strip():
+            self.fail((key,), "must not be empty")
+        return value
+
+    def number(self, key: str, lo: float, hi: float, *, required: bool = True, default: float | None = None,
+               lo_open: bool = False) -> float | None:
+        value = self.get(key, (int, float), required=required, default=default, what="a number")
+        if value is None or value is default:
+            return value
+        if value < lo or value > hi or (lo_open and value == lo):
+            bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
+            self.fail((key,), f"is {value}, it must be in {bound}")
+            return default
+        return float(value)
+
+    def moment(self, key: str) -> datetime | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                self.fail((key,), f"{value!r} is not a time: write it as 2026-11-01T00:00:00Z")
+                return None
+        if not isinstance(value, datetime):
+            self.fail((key,), "must be a time such as 2026-11-01T00:00:00Z, or null")
+            return None
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
+        type(value), type(value).__name__)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping",
+             list: "a list"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _parse_arm(data: Any, path: Path, problems: list[Problem]) -> Arm | None:
+    r = _Reader(data, path, problems)
+    before = len(problems)
+    r.unknown({"name", "weight", "encoder", "index", "top_k", "dimensions", "score_threshold"})
+    name = r.text("name", pattern=_NAME)
+    weight = r.number("weight", 0, 1e6, lo_open=True)
+    encoder = r.text("encoder", what="the path of an encoder folder (abgate export-model)")
+    index = r.text("index", what="the path of an index folder (abgate build-index)")
+    top_k = r.get("top_k", int, required=False, default=10)
+    if isinstance(top_k, int) and not 1 <= top_k <= MAX_TOP_K:
+        r.fail(("top_k",), f"is {top_k}, it must be between 1 and {MAX_TOP_K}")
+    dimensions = r.get("dimensions", int, required=False)
+    if dimensions is not None and dimensions < 1:
+        r.fail(("dimensions",), "must be a positive number of Matryoshka dimensions, or left out")
+    threshold = r.number("score_threshold", -1.0, 1.0, required=False)
+    if len(problems) > before:
+        return None
+    return Arm(name, weight, encoder, index, top_k, dimensions, threshold)
+
+
+def _parse_metrics(data: Any, path: Path, problems: list[Problem]) -> Metrics:
+    r = _Reader(data, path, problems)
+    r.unknown({"primary", "secondary", "guardrails"})
+    primary = r.text("primary", pattern=None, what="the name of the metric that decides, e.g. ctr")
+    if primary and not _METRIC.match(primary):
+        r.fail(("primary",), f"{primary!r} is not a metric name: use lower_snake_case such as ctr")
+    secondary = r.get("secondary", list, required=False, default=[])
+    for i, name in enumerate(secondary):
+        if not isinstance(name, str) or not _METRIC.match(name):
+            r.fail(("secondary", i), "must be a metric name in lower_snake_case such as mrr")
+    guardrails = []
+    for i, item in enumerate(r.get("guardrails", list, required=False, default=[])):
+        g = _Reader(item, path + ("guardrails", i), problems)
+        g.unknown({"metric", "max_relative_increase", "max_absolute_increase"})
+        metric = g.text("metric", what="a metric name such as latency_p95")
+        rel = g.number("max_relative_increase", 0, 100, required=False)
+        absolute = g.number("max_absolute_increase", 0, 1e9, required=False)
+        if rel is None and absolute is None and isinstance(item, dict):
+            g.fail((), "needs max_relative_increase or max_absolute_increase: say how much worse is too much")
+        guardrails.append(Guardrail(metric, rel, absolute))
+    return Metrics(primary, tuple(s for s in secondary if isinstance(s, str)), tuple(guardrails))
+
+
+def _parse_design(data: Any, path: Path, problems: list[Problem]) -> Design:
+    r = _Reader(data, path, problems)
+    r.unknown({"alpha", "power", "mde", "sample_size", "sequential"})
+    alpha = r.number("alpha", 0, 0.5, required=False, default=0.05, lo_open=True)
+    power = r.number("power", 0, 1, required=False, default=0.8, lo_open=True)
+    mde = r.number("mde", 0, 100, required=False, lo_open=True)
+    sample_size = r.get("sample_size", int, required=False)
+    if sample_size is not None and sample_size < 2:
+        r.fail(("sample_size",), "must be at least 2 units")
+    if mde is None and sample_size is None and isinstance(data, dict):
+        r.fail((), "needs mde (minimum detectable effect) or sample_size (planned units per arm)")
+    sequential = r.get("sequential", bool, required=False, default=False)
+    return Design(alpha or 0.05, power or 0.8, mde, sample_size, bool(sequential))
+
+
+def parse_experiment(data: Any, source: str | None = None) -> tuple[Experiment | None, list[Problem]]:
+    problems: list[Problem] = []
+    r = _Reader(data, (), problems)
+    r.unknown({"name", "description", "owner", "layer", "unit", "salt", "status", "start", "end", "allocation",
+               "control", "arms", "metrics", "design", "layer_buckets"})
+    name = r.text("name", pattern=_NAME)
+    description = r.text("description", what="one sentence saying what the experiment asks")
+    owner = r.text("owner", what="the team that owns it")
+    layer = r.text("layer", pattern=_NAME)
+    unit = r.text("unit")
+    if unit and unit not in UNITS:
+        r.fail(("unit",), f"is {unit!r}, it must be one of: {', '.join(UNITS)}")
+    salt = r.text("salt", what="a string that makes this experiment's hashing independent, e.g. name-2026-11")
+    status = r.text("status")
+    if status and status not in STATUSES:
+        r.fail(("status",), f"is {status!r}, it must be one of: {', '.join(STATUSES)}")
+    start, end = r.moment("start"), r.moment("end")
+    if status == "running" and start is None and "start" in r.data and r.data["start"] is None:
+        r.fail(("start",), "a running experiment needs a start time")
+    if start and end and end <= start:
+        r.fail(("end",), "must be after start")
+    allocation = r.number("allocation", 0, 1, lo_open=True)
+    control = r.text("control", what="the name of the control arm")
+    arms: list[Arm] = []
+    raw_arms = r.get("arms", list, what="a list of at least two arms")
+    for i, item in enumerate(raw_arms or []):
+        arm = _parse_arm(item, ("arms", i), problems)
+        if arm is not None:
+            if any(a.name == arm.name for a in arms):
+                problems.append(Problem(("arms", i, "name"), f"arm {arm.name!r} is defined twice: rename one"))
+            arms.append(arm)
+    if isinstance(raw_arms, list) and len(raw_arms) < 2:
+        r.fail(("arms",), "needs at least two arms: a control and a treatment")
+    # Compare with the names as written, so a typo in control is reported even when an arm has other problems.
+    written = [a.get("name") for a in raw_arms or [] if isinstance(a, dict) and isinstance(a.get("name"), str)]
+    if control and written and control not in written:
+        r.fail(("control",), f"{control!r} is not one of the arms ({', '.join(written)}): name the control arm")
+    buckets = r.get("layer_buckets", list, required=False, default=[0, BUCKETS])
+    if not (len(buckets) == 2 and all(isinstance(b, int) and not isinstance(b, bool) for b in buckets)
+            and 0 <= buckets[0] < buckets[1] <= BUCKETS):
+        r.fail(("layer_buckets",), f"must be [start, end] with 0 <= start < end <= {BUCKETS}")
+        buckets = [0, BUCKETS]
+    metrics = _parse_metrics(r.data.get("metrics"), ("metrics",), problems) if "metrics" in r.data else None
+    if metrics is None:
+        r.fail(("metrics",), "is required: add `metrics:` with at least `primary:`")
+    design = _parse_design(r.data.get("design"), ("design",), problems) if "design" in r.data else None
+    if design is None:
+        r.fail(("design",), "is required: add `design:` with mde or sample_size")
+    if problems:
+        return None, problems
+    return Experiment(name, description, owner, layer, unit, salt, status, start, end, float(allocation), control,
+                      tuple(arms), metrics, design, (buckets[0], buckets[1]), source), []
