@@ -1,0 +1,105 @@
+"""The two events the gateway logs, and how each becomes a ClickHouse row or a spool record.
+
+Who owns what: the gateway builds `Impression` (one per search response) and `Feedback` (one per click, dwell
+or conversion) and hands them to `gateway.writer.EventWriter.submit`; the writer turns them into rows with
+`to_columns` for `gateway.schema`'s `impressions` / `feedback` tables, and into bytes with `encode` for the
+on-disk spool (`gateway.spool`). The id fields are the deduplication keys: a replayed event keeps its id,
+so the ReplacingMergeTree tables collapse it (see docs/event-log.md).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+
+import msgspec
+
+
+class Impression(msgspec.Struct, frozen=True):
+    impression_id: str      # secrets.token_urlsafe(16): unguessable; also the dedup key
+    ts: datetime            # UTC
+    experiment: str
+    arm: str
+    unit_id: str
+    enrolled: bool
+    query: str
+    doc_ids: list[str]
+    scores: list[float]     # positions are 1..len(doc_ids)
+    latency_ms: float
+    encoder_checksum: str
+    index_checksum: str
+
+
+class Feedback(msgspec.Struct, frozen=True):
+    event_id: str           # dedup key
+    impression_id: str
+    ts: datetime
+    experiment: str         # copied from the impression by the gateway
+    arm: str
+    unit_id: str
+    type: str               # click | dwell | conversion
+    doc_id: str
+    position: int
+    value: float            # dwell seconds, conversion value; 1.0 for a click
+
+
+Event = Impression | Feedback
+
+FEEDBACK_TYPES = ("click", "dwell", "conversion")
+
+# Column order of each table as the writer inserts it (schema.py creates the tables with these names).
+IMPRESSION_COLUMNS = ("impression_id", "ts", "experiment", "arm", "unit_id", "enrolled", "query", "doc_ids",
+                      "scores", "latency_ms", "encoder_checksum", "index_checksum")
+FEEDBACK_COLUMNS = ("event_id", "impression_id", "ts", "experiment", "arm", "unit_id", "type", "doc_id",
+                    "position", "value")
+TABLES = {Impression: "impressions", Feedback: "feedback"}
+COLUMNS = {Impression: IMPRESSION_COLUMNS, Feedback: FEEDBACK_COLUMNS}
+
+
+def new_event_id() -> str:
+    """An unguessable id (128 random bits): feedback can only name an impression the gateway really served."""
+    return secrets.token_urlsafe(16)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def epoch_ms(ts: datetime) -> int:
+    """DateTime64(3) ticks. Naive datetimes are taken as UTC, the contract's only zone."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return int(ts.timestamp() * 1000)
+
+
+def to_columns(events: list[Impression] | list[Feedback]) -> list[list]:
+    """Column-oriented data for one table (all events of one type), timestamps as epoch milliseconds.
+
+    Column orientation and integer timestamps keep the insert cheap: clickhouse-connect writes int ticks
+    straight into the DateTime64 column instead of converting one datetime at a time.
+    """
+    cls = type(events[0])
+    columns = [list(col) for col in zip(*(msgspec.structs.astuple(e) for e in events))]
+    ts_index = COLUMNS[cls].index("ts")
+    columns[ts_index] = [epoch_ms(t) for t in columns[ts_index]]
+    return columns
+
+
+# Spool records: one kind byte, then the msgpack body. A separate kind byte (rather than a msgspec tagged
+# union) keeps the structs exactly as the contract declares them: a tag field would change their JSON form.
+_KIND = {Impression: b"I", Feedback: b"F"}
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODERS = {b"I": msgspec.msgpack.Decoder(Impression), b"F": msgspec.msgpack.Decoder(Feedback)}
+
+
+def encode(event: Event) -> bytes:
+    if event.ts.tzinfo is None:  # msgpack timestamps need a zone; the contract says UTC
+        event = msgspec.structs.replace(event, ts=event.ts.replace(tzinfo=timezone.utc))
+    return _KIND[type(event)] + _ENCODER.encode(event)
+
+
+def decode(data: bytes) -> Event:
+    decoder = _DECODERS.get(data[:1])
+    if decoder is None:
+        raise ValueError(f"unknown spool record kind {data[:1]!r}")
+    return decoder.decode(data[1:])
