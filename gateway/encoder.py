@@ -1,0 +1,202 @@
+"""The ONNX encoder runtime: text in, L2-normalised float32 embeddings out, without torch.
+
+An encoder directory (written by `abgate export-model`, see docs/architecture.md) holds `model.onnx`, which
+returns token embeddings (`last_hidden_state`), `tokenizer.json`, and the `abgate-encoder.json` manifest that
+says how to pool and normalise them. The work splits into three stages, so that batching and threading can
+run them separately:
+
+    tokenize (tokenizers)  ->  infer (onnxruntime)  ->  pool + normalise (numpy)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import structlog
+
+from gateway.errors import ArtifactError, InputError
+
+MANIFEST = "abgate-encoder.json"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+log = structlog.get_logger("abgate.encoder")
+
+
+def encoder_checksum(path: str | Path) -> str:
+    """sha256 over model.onnx then tokenizer.json: what decides the vectors an encoder produces."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for name in (MODEL_FILE, TOKENIZER_FILE):
+        with open(path / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise InputError(f"encoder directory {path} does not exist; build one with `abgate export-model`.",
+                         file=str(path))
+    for name in (MANIFEST, MODEL_FILE, TOKENIZER_FILE):
+        if not (path / name).is_file():
+            raise ArtifactError(f"{path} is not an abgate encoder directory: {name} is missing; "
+                                "build one with `abgate export-model SRC OUT`.", file=str(path / name))
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"the encoder manifest is not valid JSON ({exc.msg}); re-export the model.",
+                            file=str(manifest_path), line=exc.lineno) from None
+    for key in ("format", "checksum", "dimension", "pooling", "normalize", "max_length"):
+        if key not in manifest:
+            raise ArtifactError(f"the encoder manifest lacks {key!r}; re-export the model.",
+                                file=str(manifest_path), field=key)
+    if manifest["format"] != 1:
+        raise ArtifactError(f"encoder manifest format {manifest['format']} is not supported (expected 1).",
+                            file=str(manifest_path), field="format")
+    return manifest
+
+
+def select_providers(device: str) -> list[str]:
+    """ONNX Runtime providers for `device` (auto | cpu | cuda), best first."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise InputError("device 'cuda' was asked for but this onnxruntime has no CUDA provider; install "
+                         "onnxruntime-gpu instead of onnxruntime (see docs/exporters.md) or use --device cpu.",
+                         field="device")
+    if device not in ("auto", "cuda"):
+        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda.", field="device")
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A tokenised batch, padded to its longest member."""
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+
+
+class Encoder:
+    """Loads one encoder directory; `encode` is thread-safe (onnxruntime sessions are)."""
+
+    def __init__(self, path: Path, manifest: dict, session, tokenizer, providers: list[str],
+                 dimensions: int | None) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.checksum: str = manifest["checksum"]
+        self.short_id = self.checksum[:16]
+        self.providers = providers
+        self.full_dimension: int = int(manifest["dimension"])
+        self.dimension: int = dimensions or self.full_dimension
+        self._session = session
+        self._tokenizer = tokenizer
+        self._input_names = {i.name for i in session.get_inputs()}
+        self._output_name = session.get_outputs()[0].name
+
+    @classmethod
+    def load(cls, path: str | Path, *, threads: int = 1, device: str = "auto",
+             dimensions: int | None = None, verify: bool = False) -> "Encoder":
+        """`threads` = ONNX Runtime intra-op threads (1 suits a serving process that runs many requests);
+        `dimensions` truncates Matryoshka-style to the first d dimensions and renormalises;
+        `verify` recomputes the file checksum (slow for big models; build-index does it)."""
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        manifest = read_manifest(path)
+        if verify:
+            actual = encoder_checksum(path)
+            if actual != manifest["checksum"]:
+                raise ArtifactError("model.onnx or tokenizer.json changed after export (checksum "
+                                    f"{actual[:16]} != manifest {manifest['checksum'][:16]}); re-export.",
+                                    file=str(path / MANIFEST), field="checksum")
+        if dimensions is not None and not 0 < dimensions <= int(manifest["dimension"]):
+            raise InputError(f"dimensions must be between 1 and {manifest['dimension']}, got {dimensions}.",
+                             field="dimensions")
+        if threads < 0:
+            raise InputError("threads must be 0 (let ONNX Runtime decide) or more.", field="threads")
+
+        tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
+        # The exported tokenizer.json may carry fixed padding/truncation (all-MiniLM-L6-v2 ships Fixed(128));
+        # the model was trained at max_length with dynamic padding, so set both explicitly.
+        tokenizer.enable_truncation(max_length=int(manifest["max_length"]))
+        pad_id = tokenizer.token_to_id(manifest.get("pad_token", "[PAD]")) or 0
+        tokenizer.enable_padding(pad_id=pad_id, pad_token=manifest.get("pad_token", "[PAD]"))
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path / MODEL_FILE), sess_options=options,
+                                       providers=select_providers(device))
+        in_use = session.get_providers()
+        log.info("encoder loaded", path=str(path), checksum=manifest["checksum"][:16],
+                 precision=manifest.get("precision"), providers=in_use, threads=threads,
+                 dimensions=dimensions or manifest["dimension"])
+        return cls(path, manifest, session, tokenizer, in_use, dimensions)
+
+    # -- the three stages -------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> Batch:
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        types = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        return Batch(ids, mask, types)
+
+    def infer(self, batch: Batch) -> np.ndarray:
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = batch.token_type_ids
+        return self._session.run([self._output_name], feeds)[0]
+
+    def pool(self, token_embeddings: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        token_embeddings = token_embeddings.astype(np.float32, copy=False)
+        if self.manifest["pooling"] == "cls":
+            pooled = token_embeddings[:, 0]
+        else:  # mean over real tokens only: padding must not dilute the average
+            mask = attention_mask[:, :, None].astype(np.float32)
+            pooled = (token_embeddings * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+        if self.dimension < self.full_dimension:
+            pooled = pooled[:, : self.dimension]
+        if self.manifest["normalize"] or self.dimension < self.full_dimension:
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            pooled = pooled / np.clip(norms, 1e-12, None)
+        return np.ascontiguousarray(pooled, dtype=np.float32)
+
+    # -- the whole pipeline -----------------------------------------------------------------------------
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32, progress=None) -> np.ndarray:
+        """(n, d) float32, L2-normalised. `progress(done, total)` is called after each batch."""
+        if isinstance(texts, str):
+            raise TypeError("encode() takes a sequence of texts, not one string")
+        if batch_size < 1:
+            raise InputError("batch_size must be at least 1.", field="batch_size")
+        n = len(texts)
+        out = np.empty((n, self.dimension), dtype=np.float32)
+        if n == 0:
+            return out
+        # Batching texts of similar length wastes less compute on padding; the order is restored on output.
+        lengths = np.array([len(t) for t in texts])
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            batch = self.tokenize([texts[i] for i in idx])
+            out[idx] = self.pool(self.infer(batch), batch.attention_mask)
+            if progress is not None:
+                progress(min(start + batch_size, n), n)
+        return out

