@@ -46,7 +46,7 @@ class Thresholds:
 DEFAULT_THRESHOLDS = {
     "fp32": Thresholds(min_cosine=0.9999, mean_cosine=0.9999, overlap=0.95),
     "fp16": Thresholds(min_cosine=0.999, mean_cosine=0.9995, overlap=0.9),
-    "int8": Thresholds(min_cosine=0.90, mean_cosine=0.97, overlap=0.7),
+    "int8": Thresholds(min_cosine=0.95, mean_cosine=0.98, overlap=0.8),
 }
 
 FALLBACK_SAMPLE = [
