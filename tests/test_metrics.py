@@ -1,0 +1,148 @@
+"""Metric SQL on the real embedded ClickHouse engine (chdb) against a numpy computation of the same log."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from experiments import metrics as m
+from experiments.custom_metrics import definitions, parse_custom_metrics
+from experiments.schema import parse_experiment
+from gateway import schema, store
+from metric_events import START, experiment_config, generate, reference
+
+DAYS = 3
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    client = store.connect(f"chdb://{tmp_path_factory.mktemp('metrics-store')}")
+    schema.migrate(client)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def log(client):
+    log = generate("exp", units=300, days=DAYS, seed=7)
+    log.insert(client)
+    return log
+
+
+def _experiment(**kw):
+    exp, problems = parse_experiment(experiment_config("exp", days=DAYS, **kw))
+    assert not problems, problems
+    return exp
+
+
+def _collect(client, exp, metrics=None, **kw):
+    names = metrics or list(m.BUILTIN_METRICS)
+    defs, unknown = m.resolve_metrics(names)
+    assert not unknown
+    return m.collect(client, exp, metrics=defs, **kw)
+
+
+def test_builtin_metrics_match_numpy(client, log):
+    exp = _experiment()
+    data = _collect(client, exp, cumulative_metric="ctr")
+    ref = reference(log, "exp", START, START + timedelta(days=DAYS))
+    assert set(data.stats) == set(ref["metrics"])
+    for name, per_arm in ref["metrics"].items():
+        for arm, sums in per_arm.items():
+            got = data.stats[name][arm]
+            fields = [got.n, *(vars(got)[k] for k in list(vars(got))[1:])]
+            assert fields == pytest.approx(list(sums), rel=1e-9, abs=1e-9), (name, arm)
+    for arm, summary in data.arms.items():
+        assert summary.units == ref["units"][arm]
+        assert summary.impressions == ref["impressions"][arm]
+        lat = np.sort(ref["latency_p95"][arm])
+        assert summary.latency_p95 == pytest.approx(float(lat[int(0.95 * len(lat))]), rel=1e-6)
+        assert summary.encoder_checksums == (f"enc-{arm}",)
+
+
+def test_duplicates_are_collapsed(client, log):
+    """The replayed copies are in the raw table; the metrics must not see them."""
+    assert log.duplicates
+    raw = client.query("SELECT count() FROM abgate.impressions WHERE experiment = 'exp'").result_rows[0][0]
+    assert raw > len([i for i in log.impressions if i.experiment == "exp"])
+    data = _collect(client, _experiment(), ["ctr"])
+    assert data.total_impressions == sum(reference(log, "exp", START, START + timedelta(days=DAYS))
+                                         ["impressions"].values())
+
+
+def test_cumulative_series_equals_a_report_run_each_day(client, log):
+    exp = _experiment()
+    data = _collect(client, exp, ["ctr", "clicks_per_search"], cumulative_metric="clicks_per_search")
+    assert [p.day for p in data.cumulative] == [START.date() + timedelta(days=d) for d in range(DAYS)]
+    for point in data.cumulative:
+        end = START + timedelta(days=(point.day - START.date()).days + 1)
+        ref = reference(log, "exp", START, end)["metrics"]["clicks_per_search"]
+        for arm, sums in ref.items():
+            got = point.stats[arm]
+            assert [got.n, got.sum, got.sum_squares] == pytest.approx(list(sums), rel=1e-9)
+    last = data.cumulative[-1].stats
+    assert last == data.stats["clicks_per_search"]
+
+
+def test_daily_counts(client, log):
+    data = _collect(client, _experiment(), ["ctr"])
+    for row in data.daily:
+        day = datetime.combine(date.fromisoformat(row["day"]), time(), tzinfo=timezone.utc)
+        imps = {i.impression_id: i for i in log.impressions if i.experiment == "exp" and i.enrolled
+                and i.arm == row["arm"] and day <= i.ts < day + timedelta(days=1)}
+        assert row["impressions"] == len(imps)
+        assert row["units"] == len({i.unit_id for i in imps.values()})
+
+
+def test_custom_metrics(client, log):
+    custom, problems = parse_custom_metrics([
+        {"name": "top3_ctr", "numerator": {"event": "click", "filters": [{"field": "position", "op": "<=",
+                                                                          "value": 3}]},
+         "denominator": {"event": "impression", "filters": [{"field": "results", "op": ">", "value": 0}]}},
+        {"name": "conversion_value", "numerator": {"event": "conversion", "aggregate": "sum"}},
+    ])
+    assert not problems
+    defs = definitions(custom)
+    data = m.collect(client, _experiment(), metrics=defs)
+    end = START + timedelta(days=DAYS)
+    imps = {i.impression_id: i for i in log.impressions if i.experiment == "exp" and i.enrolled
+            and START <= i.ts < end}
+    fb = {f.event_id: f for f in log.feedback if f.impression_id in imps}.values()
+    for arm in ("control", "treatment"):
+        units = sorted({i.unit_id for i in imps.values() if i.arm == arm})
+        num = np.array([sum(1 for f in fb if f.unit_id == u and f.type == "click" and f.position <= 3)
+                        for u in units], float)
+        den = np.array([sum(1 for i in imps.values() if i.unit_id == u and i.doc_ids) for u in units], float)
+        got = data.stats["top3_ctr"][arm]
+        assert [got.n, got.m_sum, got.m_sum_squares, got.d_sum, got.d_sum_squares, got.md_sum] == pytest.approx(
+            [len(units), num.sum(), (num ** 2).sum(), den.sum(), (den ** 2).sum(), (num * den).sum()])
+        value = np.array([sum(f.value for f in fb if f.unit_id == u and f.type == "conversion") for u in units])
+        conv = data.stats["conversion_value"][arm]
+        assert [conv.n, conv.sum, conv.sum_squares] == pytest.approx([len(units), value.sum(), (value ** 2).sum()])
+
+
+def test_custom_metric_problems_are_located():
+    _, problems = parse_custom_metrics([
+        {"name": "ctr", "numerator": {"event": "click"}},
+        {"name": "x", "numerator": {"event": "purchase"}},
+        {"name": "y", "numerator": {"event": "click", "filters": [{"field": "latency_ms", "op": "<", "value": 1}]}},
+        {"name": "z", "numerator": {"event": "click", "filters": [{"field": "position", "op": "~", "value": 1}]}},
+    ])
+    fields = {p.field: p.message for p in problems}
+    assert "already defined" in fields["custom_metrics[0].name"]
+    assert "must be one of" in fields["custom_metrics[1].numerator.event"]
+    assert "cannot filter click events" in fields["custom_metrics[2].numerator.filters[0].field"]
+    assert "not an operator" in fields["custom_metrics[3].numerator.filters[0].op"]
+
+
+def test_no_traffic_gives_empty_results(client):
+    exp, _ = parse_experiment(experiment_config("empty-exp", days=DAYS))
+    data = _collect(client, exp, cumulative_metric="ctr")
+    assert data.stats["ctr"] == {} and data.arms == {} and data.daily == [] and data.cumulative == []
+
+
+def test_unknown_metric_is_reported():
+    found, unknown = m.resolve_metrics(["ctr", "revenue_per_user", "ctr"])
+    assert list(found) == ["ctr"] and unknown == ["revenue_per_user"]
