@@ -139,7 +139,7 @@ def run(data: pairs_io.TrainingSet, base: str, out: Path, settings: FinetuneSett
     # serving keeps the base model's length (256 for MiniLM) even when training uses shorter texts to save time
     serving_length = model.max_seq_length or settings.max_length
     model.max_seq_length = settings.max_length
-    timings["load_s" = round(time.monotonic() - started, 1)
+    timings["load_s"] = round(time.monotonic() - started, 1)
     rng = random.Random(settings.seed)
     passes, mining_stats, evaluation = [], None, {}
 
