@@ -2,7 +2,7 @@
 
 Who owns what: the gateway builds `Impression` (one per search response) and `Feedback` (one per click, dwell
 or conversion) and hands them to `gateway.writer.EventWriter.submit`; the writer turns them into rows with
-`to_columns` for `gateway.schema`'s `impressions` / `feedback` tables, and into bytes with `encode` for the
+`to_arrow` for `gateway.schema`'s `impressions` / `feedback` tables, and into bytes with `encode` for the
 on-disk spool (`gateway.spool`). The id fields are the deduplication keys: a replayed event keeps its id,
 so the ReplacingMergeTree tables collapse it (see docs/event-log.md).
 """
@@ -65,24 +65,32 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def epoch_ms(ts: datetime) -> int:
-    """DateTime64(3) ticks. Naive datetimes are taken as UTC, the contract's only zone."""
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=timezone.utc)
-    return int(ts.timestamp() * 1000)
+def _arrow_types() -> dict[type, list]:
+    import pyarrow as pa
+    text, stamp, floats = pa.string(), pa.timestamp("ms", tz="UTC"), pa.list_(pa.float32())
+    return {
+        Impression: [text, stamp, text, text, text, pa.bool_(), text, pa.list_(text), floats, pa.float32(),
+                     text, text],
+        Feedback: [text, text, stamp, text, text, text, text, text, pa.uint16(), pa.float64()],
+    }
 
 
-def to_columns(events: list[Impression] | list[Feedback]) -> list[list]:
-    """Column-oriented data for one table (all events of one type), timestamps as epoch milliseconds.
+_ARROW_TYPES: dict[type, list] = {}
 
-    Column orientation and integer timestamps keep the insert cheap: clickhouse-connect writes int ticks
-    straight into the DateTime64 column instead of converting one datetime at a time.
+
+def to_arrow(batch: list[Impression] | list[Feedback]):
+    """One Arrow table for one event type, columns named as in the ClickHouse table.
+
+    Arrow rather than row lists: pyarrow converts whole columns in C, and the engine ingests Arrow
+    directly; it is about twice as fast as clickhouse-connect's per-value encoding for these rows.
     """
-    cls = type(events[0])
-    columns = [list(col) for col in zip(*(msgspec.structs.astuple(e) for e in events))]
-    ts_index = COLUMNS[cls].index("ts")
-    columns[ts_index] = [epoch_ms(t) for t in columns[ts_index]]
-    return columns
+    import pyarrow as pa
+    if not _ARROW_TYPES:
+        _ARROW_TYPES.update(_arrow_types())
+    cls = type(batch[0])
+    columns = zip(*map(msgspec.structs.astuple, batch))
+    arrays = [pa.array(column, type=kind) for column, kind in zip(columns, _ARROW_TYPES[cls])]
+    return pa.Table.from_arrays(arrays, names=list(COLUMNS[cls]))
 
 
 # Spool records: one kind byte, then the msgpack body. A separate kind byte (rather than a msgspec tagged
