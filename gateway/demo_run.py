@@ -1,0 +1,214 @@
+"""The demo's second half: offline evaluation, the gateway, simulated traffic in stages, and the verdicts.
+
+Traffic is replayed in stages of simulated users (cumulative volumes, `--stages`); after each stage the gateway
+is stopped (which flushes the event log: the embedded store has one owner at a time), `abgate report` reads
+both experiments, and the gateway is started again for the next stage. The reports use sequential tests with
+always-valid intervals, so reading them after every stage is legitimate: the first stage at which the A/B
+verdict names a winner is the volume needed, and the A/A experiment must name none at any stage.
+
+What was replayed is recorded in artifacts/demo/traffic.json with the checksums of the arms; a second run
+skips finished stages, and changed arms start the store afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from gateway.demo import Child, Context, _json, abgate, log, run_step
+from gateway.errors import AbgateError
+
+AB, AA = "finetune-vs-baseline", "aa-baseline"
+ARMS = ("baseline", "finetuned")
+
+
+def demo_dir(ctx: Context) -> Path:
+    return ctx.path("artifacts", "demo")
+
+
+def arm_checksums(ctx: Context) -> dict:
+    out = {}
+    for arm in ARMS:
+        enc = _json(ctx.path("artifacts", "encoders", arm, "abgate-encoder.json")) or {}
+        idx = _json(ctx.path("artifacts", "indexes", arm, "abgate-index.json")) or {}
+        out[arm] = {"encoder": enc.get("checksum"), "index": idx.get("checksum")}
+    return out
+
+
+def reset_store_if_stale(ctx: Context, fresh: bool) -> dict:
+    """The traffic record; the store is wiped when asked or when the arms changed since it was filled."""
+    folder = demo_dir(ctx)
+    record = _json(folder / "traffic.json") or {}
+    current = arm_checksums(ctx)
+    if fresh or (record and record.get("arms") != current):
+        log("starting the store afresh" + (" (the arms changed)" if not fresh else ""))
+        shutil.rmtree(folder, ignore_errors=True)
+        record = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    return record or {"arms": current, "stages": []}
+
+
+def evaluate_offline(ctx: Context) -> dict:
+    folder = demo_dir(ctx)
+    results = {}
+    for arm in ARMS:
+        out = folder / f"offline-{arm}.json"
+        enc, idx = ctx.path("artifacts", "encoders", arm), ctx.path("artifacts", "indexes", arm)
+
+        def done(out=out, arm=arm) -> bool:
+            result = _json(out)
+            return bool(result) and {"encoder": result.get("encoder_checksum"),
+                                     "index": result.get("index_checksum")} == arm_checksums(ctx)[arm]
+
+        run_step(ctx, f"eval-offline {arm}", out,
+                 abgate("eval-offline", str(enc), str(idx), "--data", str(ctx.data), "--split", "test",
+                        "--label", arm, "--output", str(out)), done)
+        results[arm] = _json(out)["metrics"]
+        log(f"offline {arm}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results[arm].items())))
+    return results
+
+
+class Gateway:
+    """`abgate serve` on the demo experiments, logging to artifacts/demo/gateway.log."""
+
+    def __init__(self, ctx: Context, port: int) -> None:
+        self.ctx, self.port, self.child = ctx, port, None
+        self.url = f"http://127.0.0.1:{port}"
+        folder = demo_dir(ctx)
+        self.log_path = folder / "gateway.log"
+        self.env = dict(ctx.env, ABGATE_EXPERIMENTS_DIR=str(ctx.path("experiments", "demo")), ABGATE_LAYER="demo",
+                        ABGATE_ARTIFACTS_DIR=str(ctx.work), ABGATE_PORT=str(port), ABGATE_HOST="127.0.0.1",
+                        ABGATE_SPOOL_DIR=str(folder / "spool"), ABGATE_STATE_FILE=str(folder / "state.json"),
+                        ABGATE_ACCESS_LOG="false", ABGATE_LOG_LEVEL="warning", ABGATE_ENCODER_THREADS="1")
+
+    def start(self, timeout_s: float = 300.0) -> None:
+        log(f"starting the gateway on {self.url} (log: {self.log_path.relative_to(self.ctx.work)})")
+        with open(self.log_path, "a") as log_file:
+            self.child = Child(abgate("serve"), self.ctx, env=self.env, stdout=log_file,
+                               stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.child.proc.poll() is not None:
+                tail = self.log_path.read_text()[-2000:]
+                raise AbgateError(f"the gateway exited with code {self.child.proc.returncode} while starting; "
+                                  f"the end of its log:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AbgateError(f"the gateway was not ready after {timeout_s:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.child:
+            self.child.stop(grace_s=30.0)  # SIGINT: uvicorn shuts down and the writer flushes
+            self.child = None
+
+
+def run_cli_json(ctx: Context, *args: str, env: dict | None = None) -> dict:
+    child = Child(abgate(*args, "--json"), ctx, env=env or ctx.env, stdout=subprocess.PIPE, text=True)
+    out = child.communicate() or ""
+    if child.proc.returncode == 130:
+        raise KeyboardInterrupt
+    lines = out.strip().splitlines()
+    try:
+        body = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        body = {}
+    if child.proc.returncode != 0:
+        raise AbgateError(f"`abgate {' '.join(args)}` failed (exit code {child.proc.returncode}): "
+                          f"{body.get('error') or 'see the messages above'}")
+    return body
+
+
+def verdict(report: dict) -> dict:
+    """The part of `abgate report --json` the demo prints: winner (or None), primary lift, SRM, agreement."""
+    return {"winner": report.get("winner"), "decision": report.get("verdict") or report.get("decision"),
+            "summary": report.get("summary"), "primary": report.get("primary"), "srm": report.get("srm"),
+            "offline_online": report.get("offline_vs_online") or report.get("agreement")}
+
+
+def read_reports(ctx: Context) -> dict:
+    return {name: run_cli_json(ctx, "report", name) for name in (AB, AA)}
+
+
+def serve_and_simulate(ctx: Context, args, offline: dict) -> dict:
+    record = reset_store_if_stale(ctx, args.fresh_traffic)
+    folder = demo_dir(ctx)
+    gateway = Gateway(ctx, args.port)
+    previous = record["stages"][-1]["users"] if record["stages"] else 0
+    reports = None
+    try:
+        for number, users in enumerate(args.stages, start=1):
+            if users <= previous:
+                continue
+            gateway.start()
+            log(f"stage {number}: {users - previous} more simulated users (cumulative {users})")
+            started = time.perf_counter()
+            sim = run_cli_json(ctx, "simulate", "--url", gateway.url, "--data", str(ctx.data),
+                               "--users", str(users - previous), "--seed", str(args.seed + number),
+                               "--prefix", f"demo-s{number}", "--concurrency", str(args.concurrency))
+            gateway.stop()
+            reports = read_reports(ctx)
+            stage = {"users": users, "searches": sim.get("searches"), "clicks": sim.get("clicks"),
+                     "seconds": round(time.perf_counter() - started, 1),
+                     "verdicts": {name: verdict(r) for name, r in reports.items()}}
+            record["stages"].append(stage)
+            (folder / "traffic.json").write_text(json.dumps(record, indent=2))
+            log(f"stage {number}: A/B winner {stage['verdicts'][AB]['winner']}, "
+                f"A/A winner {stage['verdicts'][AA]['winner']}")
+            previous = users
+            if stage["verdicts"][AB]["winner"] and not args.all_stages:
+                break
+        if reports is None:
+            reports = read_reports(ctx)
+        if args.keep_serving:
+            gateway.start()
+            log(f"dashboard: {gateway.url}/dashboard/{AB} (A/A: {gateway.url}/dashboard/{AA}); Ctrl-C to stop")
+            while True:
+                time.sleep(3600)
+    finally:
+        gateway.stop()
+    return outcome(offline, record, reports, gateway.url)
+
+
+def outcome(offline: dict, record: dict, reports: dict, url: str) -> dict:
+    ndcg = {arm: offline[arm].get("ndcg@10") for arm in ARMS}
+    offline_winner = max(ndcg, key=lambda arm: ndcg[arm])
+    ab, aa = verdict(reports[AB]), verdict(reports[AA])
+    first = next((s["users"] for s in record["stages"] if s["verdicts"][AB]["winner"] == offline_winner), None)
+    agrees = ab["winner"] == offline_winner
+    return {"ok": agrees and not aa["winner"], "offline": offline, "offline_winner": offline_winner,
+            "ab": ab, "aa": aa, "agrees_with_offline": agrees, "aa_declared_winner": bool(aa["winner"]),
+            "users_needed": first, "stages": record["stages"],
+            "dashboard": {"ab": f"{url}/dashboard/{AB}", "aa": f"{url}/dashboard/{AA}"}}
+
+
+def print_outcome(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    off = result["offline"]
+    print("\nabgate demo: SciFact, fine-tuned vs all-MiniLM-L6-v2 (offline: NDCG@10 on SciFact test)")
+    for arm in ARMS:
+        print(f"  offline {arm:<10} NDCG@10 {off[arm]['ndcg@10']:.4f}  Recall@100 {off[arm]['recall@100']:.4f}  "
+              f"MRR@10 {off[arm]['mrr@10']:.4f}")
+    for s in result["stages"]:
+        print(f"  after {s['users']:>6} users ({s['searches']} searches): A/B winner: "
+              f"{s['verdicts'][AB]['winner'] or 'none yet'}; A/A winner: {s['verdicts'][AA]['winner'] or 'none'}")
+    print(f"A/B verdict: {result['ab']['summary'] or result['ab']['winner'] or 'no winner'}")
+    print(f"  online agrees with offline ({result['offline_winner']} better): "
+          f"{'yes' if result['agrees_with_offline'] else 'NO'}; volume needed: "
+          f"{result['users_needed'] or 'not reached'} users (whole layer; half in the A/B test)")
+    print(f"A/A verdict: {result['aa']['summary'] or 'no winner'} -> "
+          f"{'a false positive!' if result['aa_declared_winner'] else 'no winner, as it should be'}")
+    print(f"Dashboard: {result['dashboard']['ab']} (serve it with `make demo ARGS=--keep-serving`)")
+    print(f"Timings (s): {result['timings']}")
