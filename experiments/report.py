@@ -1,0 +1,266 @@
+"""The verdict on one experiment: from the event log to a JSON-ready report (the CLI and the dashboard show it).
+
+    build_report(client, experiment)  ->  dict (see docs/reports.md for every field)
+
+Steps: metric sums per arm (experiments/metrics.py) -> the statistics engine (experiments/stats.analyze) ->
+SRM check -> guardrails -> the verdict; plus the cumulative lift of the primary metric per daily look, the
+daily traffic per arm and the offline-vs-online table (experiments/offline_compare.py).
+
+Decisions, and why:
+- An SRM alert (p < 0.001) withholds the verdict: a skewed split means units are lost selectively, and no
+  test can undo that bias. Lifts are still shown, marked as not to be trusted.
+- Multiple testing: the primary metric is corrected across treatment arms only (it is the one question the
+  experiment was designed for); secondary and custom metrics form a second family, corrected across
+  metrics x arms (Holm by default). Guardrails are not corrected: a correction would make them more lenient.
+- With `design.sequential: true` decisions use the always-valid interval and p-value (safe to look daily);
+  otherwise the fixed-horizon test, valid only at the planned end.
+- A guardrail caps harm: the change in the metric's bad direction (an increase for lower-is-better metrics,
+  a decrease otherwise). It fails when the point estimate of the harm exceeds the limit, passes when the
+  whole interval is below it, and is inconclusive in between. latency_p95 has no interval: point estimate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from experiments import metrics as m
+from experiments.offline_compare import offline_comparison
+from experiments.stats import MetricSpec, Settings, analyze, sequential_test, z_test, welch_t_test
+from experiments.stats.sequential import DEFAULT_TUNING
+
+VERDICTS = ("ship", "no_ship", "inconclusive", "withheld", "no_data", "invalid")
+
+
+def _iso(value) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _settings(experiment, correction: str = "holm", sequential: bool | None = None) -> Settings:
+    design = experiment.design
+    # The confidence sequence is tightest at `tuning` total units: the planned size when the design gives it,
+    # never the observed size (tuning on the data would break the always-valid guarantee).
+    tuning = design.sample_size * len(experiment.arms) if design.sample_size else DEFAULT_TUNING
+    return Settings(alpha=design.alpha, sequential=design.sequential if sequential is None else sequential,
+                    tuning=tuning, correction=correction, power=design.power)
+
+
+def _spec(metric: m.MetricDef, relative: bool = True) -> MetricSpec:
+    return MetricSpec(metric.name, metric.kind, relative=relative, higher_is_better=metric.higher_is_better)
+
+
+def _interval(result) -> dict:
+    if result is None:
+        return {}
+    return {"lift": result.lift, "ci_low": result.ci_low, "ci_high": result.ci_high, "p_value": result.p_value,
+            "method": result.method}
+
+
+def _direction(comparison, lift) -> str:
+    if comparison.significant is None or lift is None:
+        return "unknown"
+    if not comparison.significant:
+        return "flat"
+    return "better" if (lift > 0) == comparison.higher_is_better else "worse"
+
+
+def _comparisons(analysis, absolute, role: str, metrics: dict) -> list[dict]:
+    """Flat rows, one per metric x treatment arm, from the relative and the absolute analyses."""
+    rows = []
+    absolute_by_key = {(c.metric, c.arm): c for c in absolute.comparisons}
+    for c in analysis.comparisons:
+        a = absolute_by_key[(c.metric, c.arm)]
+        decision = c.decision
+        reason = decision.reason or a.decision.reason
+        rows.append({
+            "metric": c.metric, "label": metrics[c.metric].label, "role": role, "arm": c.arm, "control": c.control,
+            "unit": metrics[c.metric].unit, "higher_is_better": c.higher_is_better,
+            "control_value": decision.control_value if decision.ok else a.decision.control_value,
+            "treatment_value": decision.treatment_value if decision.ok else a.decision.treatment_value,
+            "relative": _interval(c.fixed), "relative_sequential": _interval(c.sequential),
+            "absolute": _interval(a.fixed), "absolute_sequential": _interval(a.sequential),
+            "decision_method": decision.method, "adjusted_p_value": c.adjusted_p_value,
+            "significant": c.significant, "direction": _direction(c, decision.lift),
+            "probability_to_beat_control": c.bayesian.probability_to_beat_control if c.bayesian else None,
+            "achieved_mde": c.achieved_mde, "error": str(decision.error) if decision.error else None,
+            "reason": reason if not decision.ok else None,
+        })
+    return rows
+
+
+def _analyse(experiment, data, names: list[str], role: str, correction: str) -> list[dict]:
+    metrics = {n: data.metrics[n] for n in names if data.metrics[n].kind != "quantile"}
+    if not metrics:
+        return []
+    stats = {n: data.stats.get(n, {}) for n in metrics}
+    relative = analyze(experiment.control, stats, {n: _spec(d) for n, d in metrics.items()},
+                       settings=_settings(experiment, correction))
+    absolute = analyze(experiment.control, stats, {n: _spec(d, relative=False) for n, d in metrics.items()},
+                       settings=_settings(experiment, correction))
+    return _comparisons(relative, absolute, role, metrics)
+
+
+def _guardrails(experiment, data, rows: list[dict]) -> list[dict]:
+    out = []
+    by_key = {(r["metric"], r["arm"]): r for r in rows}
+    control = data.arms.get(experiment.control)
+    for g in experiment.metrics.guardrails:
+        relative = g.max_relative_increase is not None
+        limit = g.max_relative_increase if relative else g.max_absolute_increase
+        for arm in (a.name for a in experiment.arms if a.name != experiment.control):
+            entry = {"metric": g.metric, "arm": arm, "limit": limit, "scale": "relative" if relative else "absolute",
+                     "harm": None, "harm_upper": None, "status": "unknown", "reason": None}
+            metric = data.metrics.get(g.metric)
+            if metric is None:
+                entry["reason"] = f"unknown metric {g.metric!r}"
+            elif metric.kind == "quantile":
+                treated = data.arms.get(arm)
+                c = control.latency_p95 if control else None
+                t = treated.latency_p95 if treated else None
+                if c is None or t is None or (relative and c == 0):
+                    entry["reason"] = "no latency data for the control or this arm"
+                else:
+                    entry["harm"] = t / c - 1 if relative else t - c
+                    entry["status"] = "fail" if entry["harm"] > limit else "pass"
+                    entry["reason"] = f"p95 {c:.1f} ms -> {t:.1f} ms (point estimate; no interval)"
+            else:
+                row = by_key.get((g.metric, arm))
+                result = row and (row["relative_sequential" if relative else "absolute_sequential"]
+                                  or row["relative" if relative else "absolute"])
+                if not result or result.get("lift") is None:
+                    entry["reason"] = (row or {}).get("reason") or "no estimate"
+                else:
+                    sign = -1.0 if metric.higher_is_better else 1.0
+                    bound = result["ci_low"] if metric.higher_is_better else result["ci_high"]
+                    entry["harm"], entry["harm_upper"] = sign * result["lift"], sign * bound
+                    entry["status"] = ("fail" if entry["harm"] > limit else
+                                       "pass" if entry["harm_upper"] <= limit else "inconclusive")
+            out.append(entry)
+    return out
+
+
+def _verdict(experiment, data, srm: dict, primary_rows: list[dict], guardrails: list[dict],
+             unknown: list[str]) -> dict:
+    primary = experiment.metrics.primary
+    if primary in unknown:
+        return {"status": "invalid", "winner": None, "headline": f"Unknown primary metric {primary!r}.",
+                "reasons": [f"Define {primary!r} under custom_metrics or use a built-in: "
+                            f"{', '.join(m.BUILTIN_METRICS)}."]}
+    if not data.arms:
+        return {"status": "no_data", "winner": None, "headline": "No traffic yet.",
+                "reasons": ["No enrolled impressions in the experiment's window."]}
+    reasons = []
+    if srm.get("alert"):
+        return {"status": "withheld", "winner": None,
+                "headline": "Verdict withheld: sample ratio mismatch.",
+                "reasons": [f"Units per arm {srm['observed']} do not match the planned weights "
+                            f"(chi-square p = {srm['p_value']:.2g} < {srm['threshold']}). Fix assignment or "
+                            "logging before trusting any lift."]}
+    if srm.get("error"):
+        reasons.append(f"SRM check not possible: {srm.get('reason')}")
+    winners, losers = [], []
+    for row in primary_rows:
+        failed = [g for g in guardrails if g["arm"] == row["arm"] and g["status"] == "fail"]
+        lift = row["relative_sequential"] or row["relative"]
+        shown = (f"{row['arm']} vs {row['control']} on {primary}: "
+                 + (f"{lift['lift']:+.2%} [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}]"
+                    if lift.get("lift") is not None else "no estimate"))
+        if row["error"]:
+            reasons.append(f"{row['arm']}: {row['reason']}")
+        elif failed:
+            losers.append(row["arm"])
+            reasons.append(shown + "; guardrail failed: " + ", ".join(g["metric"] for g in failed))
+        elif row["direction"] == "better":
+            winners.append((lift["lift"], row["arm"]))
+            reasons.append(shown + " (significant)")
+        elif row["direction"] == "worse":
+            losers.append(row["arm"])
+            reasons.append(shown + " (significantly worse)")
+        else:
+            reasons.append(shown + " (not significant)")
+    inconclusive = [g for g in guardrails if g["status"] in ("inconclusive", "unknown")]
+    if inconclusive:
+        reasons.append("Guardrails not yet shown safe: " + ", ".join(f"{g['metric']} ({g['arm']})"
+                                                                      for g in inconclusive))
+    if winners:
+        best = max(winners)[1]
+        return {"status": "ship", "winner": best, "headline": f"Ship {best}: it beats {experiment.control}.",
+                "reasons": reasons}
+    if losers and len(losers) == len(primary_rows):
+        return {"status": "no_ship", "winner": None,
+                "headline": f"Do not ship: no arm beats {experiment.control}.", "reasons": reasons}
+    return {"status": "inconclusive", "winner": None, "headline": "No significant difference yet.",
+            "reasons": reasons}
+
+
+def _cumulative(experiment, data) -> dict:
+    name = data.cumulative_metric
+    if not name:
+        return {"metric": None, "points": []}
+    test = welch_t_test if data.metrics[name].kind == "mean" else z_test
+    settings = _settings(experiment)
+    points = []
+    for point in data.cumulative:
+        control = point.stats.get(experiment.control)
+        for arm, stat in point.stats.items():
+            if arm == experiment.control or control is None:
+                continue
+            fixed = test(control, stat, relative=True, alpha=settings.alpha)
+            seq = sequential_test(control, stat, relative=True, alpha=settings.alpha, tuning=settings.tuning)
+            points.append({"day": point.day.isoformat(), "arm": arm, "units": control.n + stat.n,
+                           "estimate": fixed.lift, "ci_low": fixed.ci_low, "ci_high": fixed.ci_high,
+                           "seq_low": seq.ci_low, "seq_high": seq.ci_high, "seq_p_value": seq.p_value,
+                           "reason": fixed.reason})
+    return {"metric": name, "points": points}
+
+
+def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = None, database: str = "abgate",
+                 dwell_threshold: float = m.DEFAULT_DWELL_THRESHOLD_S, correction: str = "holm",
+                 now: datetime | None = None) -> dict:
+    """The full report for one experiment (an experiments.schema.Experiment) as JSON-ready data."""
+    spec = experiment.metrics
+    primary, secondary = [spec.primary], [s for s in spec.secondary if s != spec.primary]
+    secondary += [c for c in (custom or {}) if c not in secondary and c != spec.primary]
+    guard = [g.metric for g in spec.guardrails]
+    metrics, unknown = m.resolve_metrics(primary + secondary + guard, custom)
+    data = m.collect(client, experiment, metrics=metrics, database=database, dwell_threshold=dwell_threshold,
+                     cumulative_metric=spec.primary if spec.primary in metrics else None, now=now)
+    known = [n for n in secondary if n in metrics]
+    primary_rows = _analyse(experiment, data, [n for n in primary if n in metrics], "primary", correction)
+    secondary_rows = _analyse(experiment, data, known, "secondary", correction)
+    guard_only = [n for n in dict.fromkeys(guard) if n in metrics and n not in primary + known]
+    guard_rows = _analyse(experiment, data, guard_only, "guardrail", "none")
+    rows = primary_rows + secondary_rows + guard_rows
+    analysis = analyze(experiment.control, {}, {}, units={a: s.units for a, s in data.arms.items()},
+                       weights={a.name: a.weight for a in experiment.arms})
+    srm = analysis.srm.to_dict() if data.arms else {"alert": None, "error": "no_units", "observed": {},
+                                                    "reason": "No units yet.", "p_value": None}
+    srm["status"] = "alert" if srm.get("alert") else ("unavailable" if srm.get("error") else "ok")
+    guardrails = _guardrails(experiment, data, rows)
+    verdict = _verdict(experiment, data, srm, primary_rows, guardrails, unknown)
+    unexpected = sorted(set(data.arms) - {a.name for a in experiment.arms})
+    return {
+        "experiment": {"name": experiment.name, "description": experiment.description, "owner": experiment.owner,
+                       "status": experiment.status, "unit": experiment.unit, "control": experiment.control,
+                       "arms": [{"name": a.name, "weight": a.weight} for a in experiment.arms],
+                       "primary": spec.primary, "source": experiment.source},
+        "window": {"start": _iso(data.window[0]), "end": _iso(data.window[1])},
+        "generated_at": _iso(datetime.now(timezone.utc)),
+        "settings": {"alpha": experiment.design.alpha, "sequential": experiment.design.sequential,
+                     "correction": correction, "tuning": _settings(experiment).tuning,
+                     "dwell_threshold_s": dwell_threshold, "srm_threshold": 0.001},
+        "verdict": verdict,
+        "srm": srm,
+        "traffic": {"units": sum(a.units for a in data.arms.values()), "impressions": data.total_impressions,
+                    "arms": {a: {"units": s.units, "impressions": s.impressions, "latency_p95_ms": s.latency_p95,
+                                 "encoder_checksums": list(s.encoder_checksums),
+                                 "index_checksums": list(s.index_checksums)} for a, s in data.arms.items()}},
+        "metrics": {name: d.to_dict() for name, d in metrics.items()},
+        "comparisons": rows,
+        "guardrails": guardrails,
+        "offline": offline_comparison(client, experiment, data, rows, database=database),
+        "daily": data.daily,
+        "cumulative": _cumulative(experiment, data),
+        "unknown_metrics": unknown,
+        "warnings": [f"impressions logged for arm(s) {unexpected} that the experiment does not define"]
+        if unexpected else [],
+    }
