@@ -97,6 +97,7 @@ class Experiment:
     design: Design
     layer_buckets: tuple[int, int] = (0, BUCKETS)
     source: str | None = field(default=None, compare=False)  # the file it came from, for messages
+    custom_metrics: tuple = ()  # experiments.custom_metrics.CustomMetric, defined in the YAML beside built-ins
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -262,7 +263,7 @@ def parse_experiment(data: Any, source: str | None = None) -> tuple[Experiment |
     problems: list[Problem] = []
     r = _Reader(data, (), problems)
     r.unknown({"name", "description", "owner", "layer", "unit", "salt", "status", "start", "end", "allocation",
-               "control", "arms", "metrics", "design", "layer_buckets"})
+               "control", "arms", "metrics", "design", "layer_buckets", "custom_metrics"})
     name = r.text("name", pattern=_NAME)
     description = r.text("description", what="one sentence saying what the experiment asks")
     owner = r.text("owner", what="the team that owns it")
@@ -306,7 +307,11 @@ def parse_experiment(data: Any, source: str | None = None) -> tuple[Experiment |
     design = _parse_design(r.data.get("design"), ("design",), problems) if "design" in r.data else None
     if design is None:
         r.fail(("design",), "is required: add `design:` with mde or sample_size")
+    from experiments.custom_metrics import parse_custom_metrics  # here: that module imports this one
+
+    custom, custom_problems = parse_custom_metrics(r.data.get("custom_metrics"))
+    problems += custom_problems
     if problems:
         return None, problems
     return Experiment(name, description, owner, layer, unit, salt, status, start, end, float(allocation), control,
-                      tuple(arms), metrics, design, (buckets[0], buckets[1]), source), []
+                      tuple(arms), metrics, design, (buckets[0], buckets[1]), source, tuple(custom)), []
