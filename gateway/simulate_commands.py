@@ -35,6 +35,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(func=simulate)
 
+    v = sub.add_parser("simulate-volume", help="power of the online CTR test vs traffic, by simulation",
+                       description="Replays the click model many times over two arms' offline rankings "
+                                   "(`abgate eval-offline --output` files) and reports, per volume, how often "
+                                   "the sequential test names the arm with more expected clicks (power) or, "
+                                   "for two identical arms, any arm (false positives). See docs/simulator.md.")
+    v.add_argument("control", metavar="CONTROL_JSON", help="eval-offline --output file of the control arm")
+    v.add_argument("treatment", metavar="TREATMENT_JSON", help="eval-offline --output file of the other arm")
+    v.add_argument("--data", default=DEFAULT_DATA, help="BEIR folder (queries.jsonl, qrels/)")
+    v.add_argument("--split", default="test")
+    v.add_argument("--users", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000, 8000],
+                   help="volumes to study: users in the experiment (both arms)")
+    v.add_argument("--reps", type=int, default=200, help="replications per volume")
+    v.add_argument("--target", type=float, default=0.8, help="power that counts as enough")
+    v.add_argument("--tuning", type=float, default=5_000, help="the sequential test's tuning (total units)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--mean-visits", type=float, default=3.0)
+    v.add_argument("--mean-searches", type=float, default=2.0)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=simulate_volume)
+
     d = sub.add_parser("demo", help="the whole loop on SciFact: export, fine-tune, index, serve, simulate, report",
                        description="Same as `make demo`; see docs/demo.md. Finished steps are skipped.")
     from gateway.demo import add_arguments
@@ -77,6 +97,47 @@ def simulate(args: argparse.Namespace) -> int:
         print(f"simulate: {result.failed_searches} searches and {result.failed_feedback} feedback events failed; "
               f"first: {result.errors[0] if result.errors else '?'}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _rankings(path: str) -> dict[str, list[str]]:
+    from gateway.errors import InputError
+
+    try:
+        body = json.loads(Path(path).read_text())
+        return {q: list(v["top"]) for q, v in body["per_query"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"is not an `abgate eval-offline --output` file with per-query rankings ({exc}).",
+                         file=path, field="per_query") from None
+
+
+def simulate_volume(args: argparse.Namespace) -> int:
+    from gateway.simulator import ClickModel, Population, load_judgments
+    from gateway.volume import click_matrix, study, volume_needed
+
+    judgments = load_judgments(args.data, args.split)
+    model = ClickModel()
+    probs = [click_matrix(_rankings(p), judgments, model) for p in (args.control, args.treatment)]
+    population = Population(mean_visits=args.mean_visits, mean_searches=args.mean_searches)
+    points = []
+    for users in args.users:
+        points += study(*probs, [users], reps=args.reps, population=population, model=model,
+                        tuning=args.tuning, seed=args.seed)
+        p = points[-1]
+        print(f"simulate-volume: {users} users: power {p.power_sequential:.2f} (sequential), "
+              f"{p.power_fixed:.2f} (fixed horizon), wrong-way {p.wrong_sequential:.3f}", file=sys.stderr)
+    needed = volume_needed(points, args.target)
+    result = {"points": [p.as_dict() for p in points], "target_power": args.target, "users_needed": needed,
+              "expected_ctr": {"control": round(float(probs[0].sum(1).mean()), 4),
+                               "treatment": round(float(probs[1].sum(1).mean()), 4)}}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print("users  power(seq)  power(fixed)  wrong-way  mean lift")
+        for p in points:
+            print(f"{p.users:>5}  {p.power_sequential:>10.2f}  {p.power_fixed:>12.2f}  {p.wrong_sequential:>9.3f}"
+                  f"  {p.mean_lift:+.3%}")
+        print(f"volume for power {args.target}: {needed or 'beyond the volumes studied'}")
     return 0
 
 
