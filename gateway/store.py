@@ -57,8 +57,11 @@ def parse_dsn(dsn: str) -> tuple[str, str, str | None]:
                              "(three slashes)", field="dsn")
     elif not database and parsed.path.strip("/"):
         database = parsed.path.strip("/")  # http://host:8123/abgate is accepted too
-    rest = urlunparse(parsed._replace(query=urlencode(query, doseq=True),
-                                      path="" if parsed.scheme != "chdb" else parsed.path))
+    params = urlencode(query, doseq=True)
+    if parsed.scheme == "chdb":  # urlunparse would drop the empty host: chdb:/path
+        rest = f"chdb://{parsed.path}" + (f"?{params}" if params else "")
+    else:
+        rest = urlunparse(parsed._replace(query=params, path=""))
     return parsed.scheme, rest, database
 
 
