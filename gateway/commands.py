@@ -1,0 +1,96 @@
+"""`abgate serve`: the gateway under uvicorn. Flags override ABGATE_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gateway.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="run the A/B gateway (HTTP)")
+    p.add_argument("--experiments", dest="experiments_dir", help="folder of experiment YAML files")
+    p.add_argument("--layer", help="the layer this gateway serves (default retrieval)")
+    p.add_argument("--artifacts-dir", help="base for relative encoder/index paths in the YAML")
+    p.add_argument("--state-file", help="experiments state file (default .abgate/experiments-state.json)")
+    p.add_argument("--default-encoder", help="encoder for units with no running experiment")
+    p.add_argument("--default-index", help="index for units with no running experiment")
+    p.add_argument("--force", action="store_true", default=None,
+                   help="accept unsafe changes (weights, salt, ...) to running experiments")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--encoder-threads", type=int)
+    p.add_argument("--batch-workers", type=int)
+    p.add_argument("--max-batch", type=int, help="most queries in one ONNX call (default 32)")
+    p.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 2 ms)")
+    p.add_argument("--dsn", help="event store DSN (chdb:///abs/path or http://host:8123/?database=abgate)")
+    p.add_argument("--no-events", dest="log_events", action="store_false", default=None,
+                   help="do not log impressions and feedback (benchmarks only)")
+    p.add_argument("--spool-dir")
+    p.add_argument("--max-body-bytes", type=int)
+    p.add_argument("--no-access-log", dest="access_log", action="store_false", default=None)
+    p.add_argument("--log-level")
+    p.add_argument("--check", action="store_true",
+                   help="validate settings and experiments, print them, and exit without serving")
+    p.add_argument("--json", action="store_true", help="with --check: print the result as JSON")
+    p.set_defaults(func=run)
+
+
+SETTING_FLAGS = ("experiments_dir", "layer", "artifacts_dir", "state_file", "default_encoder", "default_index",
+                 "force", "host", "port", "device", "encoder_threads", "batch_workers", "max_batch", "max_wait_ms",
+                 "dsn", "log_events", "spool_dir", "max_body_bytes", "access_log", "log_level")
+
+
+def preflight(settings: Settings):
+    """Check experiments and artifact folders before uvicorn starts, so mistakes print as one clean line
+    (file, line, field) instead of a startup traceback."""
+    from experiments.loader import load_folder
+    from experiments.state import ExperimentState
+    from gateway.assignment import Assigner
+    from gateway.encoder import read_manifest
+    from gateway.errors import InputError
+    from gateway.search import MANIFEST as INDEX_MANIFEST
+
+    loaded = load_folder(settings.experiments_dir, state=ExperimentState.load(settings.state_file),
+                         force=settings.force)
+    try:
+        assigner = Assigner(list(loaded.experiments.values()), settings.layer)
+    except ValueError:
+        if not settings.default_encoder:
+            raise InputError(f"no experiment of layer {settings.layer!r} in {settings.experiments_dir}: add one, "
+                             "or pass --default-encoder and --default-index", field="layer") from None
+        arms = []
+    else:
+        arms = assigner.serving_arms()
+    if settings.default_encoder:
+        from experiments.schema import Arm
+        arms.append(Arm("default", 1, settings.default_encoder, settings.default_index))
+    for arm in arms:
+        read_manifest(settings.resolve(arm.encoder))
+        index = settings.resolve(arm.index)
+        if not (index / INDEX_MANIFEST).is_file():
+            raise InputError(f"arm {arm.name!r}: {index} is not an index folder ({INDEX_MANIFEST} is missing); "
+                             "build it with `abgate build-index` or fix the path", field="index")
+    return loaded
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(**{name: getattr(args, name) for name in SETTING_FLAGS})
+    loaded = preflight(settings)
+    if args.check:
+        summary = {"settings": {k: v for k, v in vars(settings).items() if k != "admin_api_key"},
+                   "experiments": sorted(loaded.experiments)}
+        print(json.dumps(summary, indent=2) if args.json else
+              f"ok: {len(loaded.experiments)} experiment(s) in {settings.experiments_dir}, layer {settings.layer}")
+        return 0
+    import uvicorn
+
+    from gateway.app import create_app
+
+    print(f"abgate: serving on http://{settings.host}:{settings.port} (docs at /docs)", file=sys.stderr)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
+                access_log=False, lifespan="on")
+    return 0

@@ -1,0 +1,74 @@
+"""Prometheus metrics of one gateway app, on its own registry (so several apps can live in one process).
+
+    abgate_http_requests_total{method, route, status}       every request
+    abgate_search_requests_total{experiment, arm}           searches answered, per arm
+    abgate_search_latency_seconds{experiment, arm}          histogram, per arm (handler start -> response)
+    abgate_feedback_total{type}                             feedback accepted
+    abgate_microbatch_size                                  histogram of the rows in each ONNX call
+    abgate_event_queue_depth                                events waiting in the writer
+    abgate_events_written_total / _spilled_total / _dropped_total   from EventWriter.stats()
+    abgate_batcher_queue_depth                              queries waiting for a micro-batch
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256)
+
+
+class _LiveCollector:
+    """Reads the writer's stats() and batcher depths at scrape time: no bookkeeping on the request path."""
+
+    def __init__(self, writer_stats: Callable[[], dict], batcher_depth: Callable[[], int]) -> None:
+        self._writer_stats = writer_stats
+        self._batcher_depth = batcher_depth
+
+    def collect(self):
+        stats = self._writer_stats() or {}
+        depth = GaugeMetricFamily("abgate_event_queue_depth", "Events waiting in the event writer's queue")
+        depth.add_metric([], float(_pick(stats, "queue_depth", "queued", "queue", "pending")))
+        yield depth
+        for name in ("written", "spilled", "dropped"):
+            family = CounterMetricFamily(f"abgate_events_{name}", f"Events {name} by the event writer")
+            family.add_metric([], float(_pick(stats, name, f"events_{name}")))
+            yield family
+        batcher = GaugeMetricFamily("abgate_batcher_queue_depth", "Queries waiting for a micro-batch")
+        batcher.add_metric([], float(self._batcher_depth()))
+        yield batcher
+
+
+def _pick(stats: dict, *names: str) -> float:
+    for name in names:
+        value = stats.get(name)
+        if isinstance(value, (int, float)):
+            return value
+    return 0.0
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter("abgate_http_requests", "HTTP requests", ["method", "route", "status"],
+                                     registry=self.registry)
+        self.searches = Counter("abgate_search_requests", "Searches answered", ["experiment", "arm"],
+                                registry=self.registry)
+        self.search_latency = Histogram("abgate_search_latency_seconds", "Search latency", ["experiment", "arm"],
+                                        buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.feedback = Counter("abgate_feedback", "Feedback accepted", ["type"], registry=self.registry)
+        self.batch_size = Histogram("abgate_microbatch_size", "Queries per ONNX call", buckets=BATCH_BUCKETS,
+                                    registry=self.registry)
+
+    def watch(self, writer_stats: Callable[[], dict], batcher_depth: Callable[[], int]) -> None:
+        self.registry.register(_LiveCollector(writer_stats, batcher_depth))
+
+    def observe_search(self, experiment: str, arm: str, seconds: float) -> None:
+        self.searches.labels(experiment, arm).inc()
+        self.search_latency.labels(experiment, arm).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

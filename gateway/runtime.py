@@ -1,0 +1,195 @@
+"""What a running gateway holds: the experiments, the assigner, and each arm's loaded encoder + index.
+
+Artifacts are loaded once per distinct path (an encoder once per (path, Matryoshka dimensions)), so arms and
+experiments that share an encoder or an index share one ONNX session / one FAISS index and one micro-batcher.
+The app's lifespan creates the Runtime (`start`) and closes it (`close`).
+
+Hot reload (`reload`): the new folder is validated and every new artifact is loaded off the event loop while
+the old Serving keeps answering; then `self.serving` is replaced in one assignment on the loop thread. A
+request picks its Serving once, so it finishes on the old artifacts even if a reload lands meanwhile; batchers
+no longer used are closed after their queued queries finish. No request is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import structlog
+
+from experiments.loader import ExperimentSet, load_folder
+from experiments.schema import Arm, Experiment
+from experiments.state import ExperimentState
+from gateway.assignment import Assigner, Assignment
+from gateway.batcher import MicroBatcher
+from gateway.encoder import Encoder
+from gateway.errors import InputError
+from gateway.search import VectorIndex
+from gateway.settings import Settings
+
+log = structlog.get_logger("abgate.runtime")
+
+
+@dataclass(frozen=True)
+class ArmRuntime:
+    arm: Arm
+    encoder: Encoder
+    index: VectorIndex
+    batcher: MicroBatcher
+
+
+@dataclass(frozen=True)
+class Serving:
+    """One consistent view: experiments, assigner and the artifacts of every arm they can send traffic to."""
+    experiments: ExperimentSet
+    assigner: Assigner
+    arms: dict[tuple, ArmRuntime]     # by artifact key, see Runtime.arm_key
+    loaded_at: datetime
+
+    def route(self, unit_id: str) -> tuple[Assignment, ArmRuntime]:
+        assignment = self.assigner.assign(unit_id)
+        return assignment, self.arms[Runtime.arm_key_static(assignment.arm)]
+
+
+class Runtime:
+    def __init__(self, settings: Settings, on_batch=None) -> None:
+        self.settings = settings
+        self.state = ExperimentState.load(settings.state_file)
+        self.executor = ThreadPoolExecutor(max_workers=max(2, settings.batch_workers * 4),
+                                           thread_name_prefix="abgate-work")
+        self._on_batch = on_batch
+        self._encoders: dict[tuple, Encoder] = {}
+        self._indexes: dict[str, VectorIndex] = {}
+        self._batchers: dict[tuple, MicroBatcher] = {}
+        self._reload_lock = asyncio.Lock()
+        self.serving: Serving | None = None
+
+    # -- keys -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def arm_key_static(arm: Arm) -> tuple:
+        return (arm.encoder, arm.dimensions, arm.index)
+
+    def _encoder_key(self, arm: Arm) -> tuple:
+        return (str(self.settings.resolve(arm.encoder)), arm.dimensions)
+
+    # -- loading ----------------------------------------------------------------------------------------
+
+    def _load_experiments(self, force: bool) -> ExperimentSet:
+        return load_folder(self.settings.experiments_dir, state=self.state, force=force or self.settings.force)
+
+    def _default_arm(self) -> Arm | None:
+        s = self.settings
+        if s.default_encoder and s.default_index:
+            return Arm("default", 1.0, s.default_encoder, s.default_index)
+        return None
+
+    def _build(self, experiments: ExperimentSet) -> tuple[Assigner, dict[tuple, ArmRuntime]]:
+        """In a worker thread: the assigner, and every arm's artifacts (loading only what is new)."""
+        try:
+            assigner = Assigner(list(experiments.experiments.values()), self.settings.layer, self._default_arm(),
+                                is_admin_stopped=self.state.admin_stopped)
+        except ValueError as exc:
+            raise InputError(f"{exc}: add a running experiment for this layer, or set default_encoder and "
+                             "default_index", file=str(self.settings.experiments_dir), field="layer") from None
+        arms: dict[tuple, ArmRuntime] = {}
+        for arm in assigner.serving_arms():
+            key = self.arm_key_static(arm)
+            if key in arms:
+                continue
+            ekey = self._encoder_key(arm)
+            encoder = self._encoders.get(ekey)
+            if encoder is None:
+                encoder = Encoder.load(ekey[0], threads=self.settings.encoder_threads, device=self.settings.device,
+                                       dimensions=arm.dimensions)
+                self._encoders[ekey] = encoder
+            ipath = str(self.settings.resolve(arm.index))
+            index = self._indexes.get(ipath)
+            if index is None:
+                index = VectorIndex.load(ipath, encoder_checksum=encoder.checksum,
+                                         gpu=self.settings.device != "cpu")
+                self._indexes[ipath] = index
+            elif index.encoder_checksum != encoder.checksum:
+                VectorIndex.load(ipath, encoder_checksum=encoder.checksum)  # raises the clear mismatch error
+            if index.dimension != encoder.dimension:
+                raise InputError(f"index {ipath} has {index.dimension} dimensions but arm {arm.name!r} encodes "
+                                 f"{encoder.dimension}; build the index with the same `dimensions`",
+                                 field="dimensions")
+            arms[key] = ArmRuntime(arm, encoder, index, self._batcher(ekey, encoder))
+        return assigner, arms
+
+    def _batcher(self, ekey: tuple, encoder: Encoder) -> MicroBatcher:
+        if ekey not in self._batchers:
+            s = self.settings
+            self._batchers[ekey] = MicroBatcher(encoder, self.executor, max_batch=s.max_batch,
+                                                max_wait_ms=s.max_wait_ms, workers=s.batch_workers,
+                                                on_batch=self._on_batch)
+        return self._batchers[ekey]
+
+    async def start(self) -> Serving:
+        return await self.reload(force=False)
+
+    async def reload(self, *, force: bool = False) -> Serving:
+        """Validate the folder, load new artifacts off the loop, swap, then release what is unused."""
+        async with self._reload_lock:
+            loop = asyncio.get_running_loop()
+            experiments = await loop.run_in_executor(self.executor, self._load_experiments, force)
+            assigner, arms = await loop.run_in_executor(self.executor, self._build, experiments)
+            self.state.record(list(experiments.experiments.values()))
+            self.serving = Serving(experiments, assigner, arms, datetime.now(timezone.utc))
+            await self._release_unused()
+            log.info("experiments loaded", folder=str(experiments.folder), layer=self.settings.layer,
+                     experiments=sorted(experiments.experiments), artifacts=len(arms),
+                     encoders=len(self._encoders), indexes=len(self._indexes),
+                     providers=sorted({p for e in self._encoders.values() for p in e.providers[:1]}),
+                     gpu_indexes=sum(i.on_gpu for i in self._indexes.values()))
+            return self.serving
+
+    async def stop_experiment(self, name: str) -> Experiment:
+        """Admin stop: recorded in the state file, applied by swapping in a new assigner."""
+        async with self._reload_lock:
+            serving = self.serving
+            exp = serving.experiments.experiments.get(name)
+            if exp is None:
+                raise KeyError(name)
+            self.state.stop(name)
+            assigner = Assigner(list(serving.experiments.experiments.values()), self.settings.layer,
+                                self._default_arm(), is_admin_stopped=self.state.admin_stopped)
+            self.serving = replace(serving, assigner=assigner)
+            log.warning("experiment stopped by admin", experiment=name)
+            return exp
+
+    async def _release_unused(self) -> None:
+        used_encoders = {self._encoder_key(a.arm) for a in self.serving.arms.values()}
+        used_indexes = {str(self.settings.resolve(a.arm.index)) for a in self.serving.arms.values()}
+        for key in [k for k in self._batchers if k not in used_encoders]:
+            await self._batchers.pop(key).close()
+        for key in [k for k in self._encoders if k not in used_encoders]:
+            del self._encoders[key]
+        for key in [k for k in self._indexes if k not in used_indexes]:
+            del self._indexes[key]
+
+    def queue_depth(self) -> int:
+        return sum(b.depth for b in list(self._batchers.values()))  # a reload may add one meanwhile
+
+    @property
+    def ready(self) -> bool:
+        return self.serving is not None
+
+    async def close(self) -> None:
+        for batcher in self._batchers.values():
+            await batcher.close()
+        self._batchers.clear()
+        self.executor.shutdown(wait=True)
+
+    def experiment_status(self, exp: Experiment, now: datetime | None = None) -> str:
+        return self.serving.assigner.status(exp, now or datetime.now(timezone.utc)) if exp.layer == \
+            self.settings.layer else exp.serving_status(now or datetime.now(timezone.utc))
+
+    def describe_artifacts(self) -> dict:
+        return {"encoders": {str(Path(k[0]).name) + (f"@{k[1]}" if k[1] else ""): e.checksum[:16]
+                             for k, e in self._encoders.items()},
+                "indexes": {str(Path(k).name): i.checksum[:16] for k, i in self._indexes.items()}}

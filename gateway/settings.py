@@ -1,0 +1,104 @@
+"""Gateway settings: one frozen dataclass, filled from ABGATE_* environment variables, then CLI flags.
+
+Validated when built (`Settings.validated()`), with sentences that say what to do, so a bad setting stops
+`abgate serve` before it loads any model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from gateway.errors import InputError
+
+# Request limits (documented in docs/gateway.md). The query and k limits are in the request schema
+# (gateway/routes/schemas.py) so that they show in the OpenAPI document; the body limit is a setting.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    experiments_dir: str = "experiments/examples"
+    layer: str = "retrieval"              # the layer this gateway serves (see gateway/assignment.py)
+    artifacts_dir: str = "."              # relative encoder/index paths in the YAML are resolved against it
+    state_file: str | None = ".abgate/experiments-state.json"
+    default_encoder: str | None = None    # the arm for units with no running experiment; see assignment.py
+    default_index: str | None = None
+    force: bool = False                   # accept unsafe changes to running experiments at start/reload
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = "auto"                  # auto | cpu | cuda
+    encoder_threads: int = 1              # ONNX Runtime intra-op threads per encoder
+    batch_workers: int = 1                # batches of one encoder running at once
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    log_events: bool = True
+    dsn: str | None = None                # None: gateway.store.default_dsn()
+    spool_dir: str = ".abgate/spool"
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    impression_ttl_s: float = 3600.0
+    impression_cache_size: int = 1_000_000
+    admin_api_key: str | None = None
+    access_log: bool = True
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        """ABGATE_<FIELD> (upper case) for every field; keyword overrides (CLI flags) win when not None."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f"ABGATE_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _convert(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validated()
+
+    def validated(self) -> "Settings":
+        def bad(name: str, what: str) -> InputError:
+            return InputError(f"{what} (env ABGATE_{name.upper()} or --{name.replace('_', '-')})", field=name)
+
+        if self.max_batch < 1 or self.max_batch > 1024:
+            raise bad("max_batch", "must be between 1 and 1024")
+        if not 0 <= self.max_wait_ms <= 1000:
+            raise bad("max_wait_ms", "must be between 0 and 1000 milliseconds")
+        if self.encoder_threads < 0 or self.batch_workers < 1:
+            raise bad("encoder_threads", "encoder_threads must be >= 0 and batch_workers >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise bad("device", f"is {self.device!r}; use auto, cpu or cuda")
+        if not 1024 <= self.max_body_bytes <= 16 * 1024 * 1024:
+            raise bad("max_body_bytes", "must be between 1 KiB and 16 MiB")
+        if self.impression_ttl_s <= 0 or self.impression_cache_size < 1:
+            raise bad("impression_ttl_s", "impression_ttl_s and impression_cache_size must be positive")
+        if (self.default_encoder is None) != (self.default_index is None):
+            raise bad("default_encoder", "default_encoder and default_index go together: set both or neither")
+        if not 0 < self.port < 65536:
+            raise bad("port", f"is {self.port}; use a TCP port between 1 and 65535")
+        return self
+
+    def resolve(self, path: str) -> Path:
+        """An artifact path from the YAML: absolute as is, relative against artifacts_dir."""
+        p = Path(path)
+        return (p if p.is_absolute() else Path(self.artifacts_dir) / p).resolve()
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes).validated()
+
+
+def _convert(name: str, kind, raw: str):
+    kind = str(kind)
+    try:
+        if kind.startswith("bool"):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise InputError(f"ABGATE_{name.upper()}={raw!r} is not a valid {kind.split()[0]}", field=name) from None
+    return raw or None
