@@ -101,7 +101,7 @@ class EventWriter:
         False: it could not be kept (counted as dropped); the caller should not answer 2xx."""
         try:
             payload = events.encode(event)
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise TypeError(f"submit() takes an Impression or a Feedback, got {type(event).__name__}") from exc
         with self._lock:
             if not self._accepting:
@@ -169,6 +169,10 @@ class EventWriter:
     def _run(self) -> None:
         delay = self.retry_initial
         last_sync = time.monotonic()
+        try:
+            self._connect()  # connect and migrate now, not at the first event: readiness shows in stats()
+        except Exception as exc:
+            self._store_failed(exc)
         while True:
             batch, from_memory = self._next_batch()
             if batch is None:

@@ -1,0 +1,110 @@
+"""EventWriter on the real embedded engine: batching, idle flush, a full queue, stats, shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from event_samples import feedback, impression, stored
+from gateway import store
+from gateway.writer import EventWriter
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("writer-store")
+
+
+@pytest.fixture
+def dsn(folder, request):
+    return f"chdb://{folder}?database=w_{request.node.name[:40]}"
+
+
+def test_busy_traffic_is_inserted_in_big_batches(dsn, tmp_path):
+    writer = EventWriter(lambda: store.connect(dsn), tmp_path / "spool", min_batch=1000, batch_size=5000,
+                         flush_interval=5.0).start()
+    imps = [impression(i) for i in range(6000)]
+    for imp in imps:
+        assert writer.submit(imp)
+    for imp in imps[:500]:
+        assert writer.submit(feedback(imp))
+    assert writer.flush(60)
+    stats = writer.stats()
+    writer.close()
+    assert stats["written"] == 6500 and stats["dropped"] == 0
+    assert stats["written"] / stats["batches"] >= 1000
+    with store.connect(dsn) as client:
+        assert stored(client, "impressions")[:2] == (6000, 6000)
+        assert stored(client, "feedback")[:2] == (500, 500)
+
+
+def test_idle_events_are_flushed_within_a_second(dsn, tmp_path):
+    with store.connect(dsn) as reader, \
+            EventWriter(lambda: store.connect(dsn), tmp_path / "spool", flush_interval=0.5) as writer:
+        deadline = time.monotonic() + 30
+        while not writer.stats()["store_up"]:  # connected and migrated: the clock measures the flush only
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        sent = time.monotonic()
+        for i in range(3):
+            writer.submit(impression(i))
+        while reader.command("SELECT count() FROM impressions_unique") < 3:
+            assert time.monotonic() - sent < 1.5, "3 idle events were not stored within 1.5 s"
+            time.sleep(0.05)
+
+
+def test_a_full_queue_spills_to_disk_without_blocking(dsn, tmp_path):
+    store_back = threading.Event()
+
+    def slow_store():
+        store_back.wait()  # the store is unreachable until the test says otherwise
+        return store.connect(dsn)
+
+    writer = EventWriter(slow_store, tmp_path / "spool", queue_size=100).start()
+    imps = [impression(i) for i in range(3000)]
+    slowest = 0.0
+    for imp in imps:
+        started = time.perf_counter()
+        assert writer.submit(imp)
+        slowest = max(slowest, time.perf_counter() - started)
+    stats = writer.stats()
+    assert stats["spilled"] >= 2900 and stats["dropped"] == 0 and stats["written"] == 0
+    assert stats["backlog_bytes"] > 0
+    assert slowest < 0.05, f"submit() blocked for {slowest * 1000:.1f} ms"
+    store_back.set()
+    assert writer.flush(60)
+    stats = writer.stats()
+    writer.close()
+    assert stats["written"] == 3000 and stats["replayed"] == 3000 and stats["backlog_bytes"] == 0
+    with store.connect(dsn) as client:
+        assert stored(client) == (3000, 3000, 3000)
+
+
+def test_after_close_events_are_refused_and_counted(dsn, tmp_path):
+    writer = EventWriter(lambda: store.connect(dsn), tmp_path / "spool").start()
+    assert writer.submit(impression(1))
+    assert writer.close(30)
+    assert writer.submit(impression(2)) is False
+    assert writer.stats()["dropped"] == 1
+    with store.connect(dsn) as client:
+        assert stored(client)[0] == 1
+
+
+def test_submit_rejects_what_is_not_an_event(dsn, tmp_path):
+    with EventWriter(lambda: store.connect(dsn), tmp_path / "spool") as writer:
+        with pytest.raises(TypeError, match="Impression or a Feedback"):
+            writer.submit({"impression_id": "x"})
+
+
+def test_pending_events_survive_a_close_without_store(dsn, tmp_path):
+    down = EventWriter(lambda: store.connect("http://127.0.0.1:1"), tmp_path / "spool", retry_max=0.2).start()
+    for i in range(50):
+        assert down.submit(impression(i))
+    assert down.close(timeout=0.5) is False  # could not store: the events stay in the spool
+    with EventWriter(lambda: store.connect(dsn), tmp_path / "spool") as up:  # next start replays them
+        assert up.flush(30)
+        assert up.stats()["replayed"] == 50
+    with store.connect(dsn) as client:
+        assert stored(client) == (50, 50, 50)
