@@ -123,3 +123,24 @@ def test_observed_power_matches_calculator_for_proportions():
     observed = float(np.mean(hits))
     print(f"proportions: n={n} per arm, planned power 0.80, observed {observed:.3f}")
     assert observed == pytest.approx(0.8, abs=3 * math.sqrt(0.8 * 0.2 / experiments))
+
+
+def test_sequential_power_costs_units():
+    """The price of peeking: at the fixed-horizon n the sequential test has less power; about 2x n restores it."""
+    rng = np.random.default_rng(6)
+    n_fixed, experiments, looks = sample_size_mean(0.1, 1.0), 1000, 14
+    power_at = {}
+    for multiple in (1.0, 2.0):
+        per_day = math.ceil(multiple * n_fixed / looks)
+        n, sc, qc = _normal_daily_sums(rng, experiments, looks, per_day, 0.0, 1.0)
+        _, st, qt = _normal_daily_sums(rng, experiments, looks, per_day, 0.1, 1.0)
+        hit = np.zeros(experiments, bool)
+        for e in range(experiments):
+            for day in range(looks):
+                hit[e] |= sequential_test(SampleMean(int(n[day]), sc[e, day], qc[e, day]),
+                                          SampleMean(int(n[day]), st[e, day], qt[e, day]),
+                                          tuning=2 * n[-1]).p_value < ALPHA
+        power_at[multiple] = float(hit.mean())
+    print(f"sequential power over {looks} looks: {power_at}")
+    assert power_at[1.0] < 0.7
+    assert power_at[2.0] > 0.8 - 3 * math.sqrt(0.16 / experiments)
