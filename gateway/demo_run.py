@@ -130,10 +130,15 @@ def run_cli_json(ctx: Context, *args: str, env: dict | None = None) -> dict:
 
 
 def verdict(report: dict) -> dict:
-    """The part of `abgate report --json` the demo prints: winner (or None), primary lift, SRM, agreement."""
-    return {"winner": report.get("winner"), "decision": report.get("verdict") or report.get("decision"),
-            "summary": report.get("summary"), "primary": report.get("primary"), "srm": report.get("srm"),
-            "offline_online": report.get("offline_vs_online") or report.get("agreement")}
+    """The part of `abgate report --json` the demo prints (docs/reports.md): status, winner, headline, lift."""
+    v = report.get("verdict") or {}
+    primary = next((c for c in report.get("comparisons", []) if c.get("role") == "primary"), {})
+    lift = primary.get("relative_sequential") or primary.get("relative") or {}
+    return {"status": v.get("status"), "winner": v.get("winner"), "headline": v.get("headline"),
+            "reasons": v.get("reasons", []), "srm": (report.get("srm") or {}).get("status"),
+            "units": (report.get("traffic") or {}).get("units"),
+            "impressions": (report.get("traffic") or {}).get("impressions"),
+            "primary_lift": {k: lift.get(k) for k in ("lift", "ci_low", "ci_high", "p_value")}}
 
 
 def read_reports(ctx: Context) -> dict:
@@ -204,11 +209,11 @@ def print_outcome(result: dict, as_json: bool) -> None:
     for s in result["stages"]:
         print(f"  after {s['users']:>6} users ({s['searches']} searches): A/B winner: "
               f"{s['verdicts'][AB]['winner'] or 'none yet'}; A/A winner: {s['verdicts'][AA]['winner'] or 'none'}")
-    print(f"A/B verdict: {result['ab']['summary'] or result['ab']['winner'] or 'no winner'}")
+    print(f"A/B verdict: {result['ab']['headline']}")
     print(f"  online agrees with offline ({result['offline_winner']} better): "
           f"{'yes' if result['agrees_with_offline'] else 'NO'}; volume needed: "
           f"{result['users_needed'] or 'not reached'} users (whole layer; half in the A/B test)")
-    print(f"A/A verdict: {result['aa']['summary'] or 'no winner'} -> "
+    print(f"A/A verdict: {result['aa']['headline']} -> "
           f"{'a false positive!' if result['aa_declared_winner'] else 'no winner, as it should be'}")
     print(f"Dashboard: {result['dashboard']['ab']} (serve it with `make demo ARGS=--keep-serving`)")
     print(f"Timings (s): {result['timings']}")
