@@ -54,13 +54,13 @@ def _empty(width: int, height: int, message: str) -> str:
             f"{escape(message)}</text></svg>")
 
 
-def forest_plot(rows: Sequence[dict], *, width: int = 760, title: str = "Relative lift vs control") -> str:
+def forest_plot(rows: Sequence[dict], *, width: int = 1080, title: str = "Relative lift vs control") -> str:
     """One row per (metric, arm): the point estimate, the fixed-horizon interval (dark) and the always-valid
     sequential interval (light, wider). `rows`: dicts with label, estimate, ci_low, ci_high, seq_low, seq_high
     (relative lifts as fractions), colour and an optional note shown instead of a bar (e.g. zero variance)."""
     if not rows:
         return _empty(width, 80, "No metric comparisons yet")
-    label_w, right_w, row_h, top, bottom = 230, 150, 30, 36, 34
+    label_w, right_w, row_h, top, bottom = 270, 230, 30, 36, 34
     height = top + row_h * len(rows) + bottom
     values = [v for r in rows for v in (r.get("ci_low"), r.get("ci_high"), r.get("seq_low"), r.get("seq_high"),
                                         r.get("estimate")) if _finite(v)]
@@ -72,7 +72,7 @@ def forest_plot(rows: Sequence[dict], *, width: int = 760, title: str = "Relativ
     def x(v: float) -> float:
         return plot_x0 + (v - low) / (high - low) * (plot_x1 - plot_x0)
 
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart forest' width='{width}' height='{height}' "
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart forest' width='{width}' height='{height}' style='max-width:100%;height:auto' "
            f"viewBox='0 0 {width} {height}' role='img' aria-label='{escape(title)}'>",
            f"<text x='8' y='20' {FONT} font-size='15' font-weight='600'>{escape(title)}</text>"]
     for tick in _nice_ticks(low, high):
@@ -132,14 +132,14 @@ def _day_labels(out: list[str], days: Sequence[str], x: callable, y_base: float)
                    f"fill='#555'>{escape(str(days[i])[5:10] or str(days[i]))}</text>")
 
 
-def cumulative_lift(points: Sequence[dict], *, width: int = 760, height: int = 300,
+def cumulative_lift(points: Sequence[dict], *, width: int = 1080, height: int = 320,
                     title: str = "Cumulative relative lift") -> str:
     """The lift as it looked at each daily look, with its always-valid interval (band) and the fixed-horizon
     interval (dashed): the band is what may be read every day; the dashed lines are only valid at the end."""
     points = [p for p in points if _finite(p.get("estimate"))]
     if not points:
         return _empty(width, 80, "No daily data yet")
-    x0, x1, y0, y1 = 64, width - 20, 34, height - 36
+    x0, x1, y0, y1 = 64, width - 28, 34, height - 36
     values = [v for p in points for v in (p.get("estimate"), p.get("seq_low"), p.get("seq_high"),
                                           p.get("ci_low"), p.get("ci_high")) if _finite(v)]
     low, high = min(values + [0.0]), max(values + [0.0])
@@ -153,7 +153,7 @@ def cumulative_lift(points: Sequence[dict], *, width: int = 760, height: int = 3
     def y(v: float) -> float:
         return y1 - (v - low) / (high - low) * (y1 - y0)
 
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart cumulative' width='{width}' height='{height}' "
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart cumulative' width='{width}' height='{height}' style='max-width:100%;height:auto' "
            f"viewBox='0 0 {width} {height}' role='img' aria-label='{escape(title)}'>",
            f"<text x='8' y='20' {FONT} font-size='15' font-weight='600'>{escape(title)}</text>"]
     _axes(out, x0, y0, x1, y1, _nice_ticks(low, high), y, True)
@@ -179,7 +179,7 @@ def cumulative_lift(points: Sequence[dict], *, width: int = 760, height: int = 3
     return "".join(out)
 
 
-def daily_counts(daily: Sequence[dict], arms: Sequence[str], field: str, *, width: int = 370, height: int = 240,
+def daily_counts(daily: Sequence[dict], arms: Sequence[str], field: str, *, width: int = 516, height: int = 250,
                  title: str = "") -> str:
     """Lines per arm of a daily count (units or impressions): an arm that stops getting traffic, or a sudden
     imbalance, shows up here before it shows up in the SRM test."""
@@ -189,7 +189,7 @@ def daily_counts(daily: Sequence[dict], arms: Sequence[str], field: str, *, widt
     colours = arm_colours(arms)
     by_arm = {arm: {row["day"]: row.get(field, 0) for row in daily if row["arm"] == arm} for arm in arms}
     top = max([v for series in by_arm.values() for v in series.values()] + [1])
-    x0, x1, y0, y1 = 52, width - 12, 34, height - 52
+    x0, x1, y0, y1 = 52, width - 28, 34, height - 52
     ticks = _nice_ticks(0, top * 1.05, 4)
     top = max(ticks[-1] if ticks else top, top)
 
@@ -199,7 +199,7 @@ def daily_counts(daily: Sequence[dict], arms: Sequence[str], field: str, *, widt
     def y(v: float) -> float:
         return y1 - v / top * (y1 - y0)
 
-    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart daily' width='{width}' height='{height}' "
+    out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart daily' width='{width}' height='{height}' style='max-width:100%;height:auto' "
            f"viewBox='0 0 {width} {height}' role='img' aria-label='{escape(title)}'>",
            f"<text x='8' y='20' {FONT} font-size='14' font-weight='600'>{escape(title)}</text>"]
     _axes(out, x0, y0, x1, y1, ticks, y, False)

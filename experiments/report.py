@@ -91,11 +91,14 @@ def _analyse(experiment, data, names: list[str], role: str, correction: str) -> 
     metrics = {n: data.metrics[n] for n in names if data.metrics[n].kind != "quantile"}
     if not metrics:
         return []
-    stats = {n: data.stats.get(n, {}) for n in metrics}
-    relative = analyze(experiment.control, stats, {n: _spec(d) for n, d in metrics.items()},
+    # The planned arms define the comparisons: an arm without traffic still gets a row that says so, and an
+    # arm the YAML does not define (warned about in the report) is never compared.
+    weights = {a.name: a.weight for a in experiment.arms}
+    stats = {n: {a: s for a, s in data.stats.get(n, {}).items() if a in weights} for n in metrics}
+    relative = analyze(experiment.control, stats, {n: _spec(d) for n, d in metrics.items()}, weights=weights,
                        settings=_settings(experiment, correction))
     absolute = analyze(experiment.control, stats, {n: _spec(d, relative=False) for n, d in metrics.items()},
-                       settings=_settings(experiment, correction))
+                       weights=weights, settings=_settings(experiment, correction))
     return _comparisons(relative, absolute, role, metrics)
 
 
@@ -217,6 +220,10 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
                  dwell_threshold: float = m.DEFAULT_DWELL_THRESHOLD_S, correction: str = "holm",
                  now: datetime | None = None) -> dict:
     """The full report for one experiment (an experiments.schema.Experiment) as JSON-ready data."""
+    if custom is None:
+        from experiments.custom_metrics import definitions
+
+        custom = definitions(list(getattr(experiment, "custom_metrics", ())))
     spec = experiment.metrics
     primary, secondary = [spec.primary], [s for s in spec.secondary if s != spec.primary]
     secondary += [c for c in (custom or {}) if c not in secondary and c != spec.primary]
