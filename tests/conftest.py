@@ -139,3 +139,116 @@ def _version(name: str) -> str:
 
 
 # ---- fixtures added by other engineers go below this line ----------------------------------------------------
+
+
+# ---- gateway (issue 3): a real `abgate serve` process on 127.0.0.1, for tests/test_app.py and test_fuzz_api.py --
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def hnsw_index_dir(small_index_dir: Path, baseline_encoder) -> Path:
+    """The same documents as `small_index_dir` in an HNSW index: a second arm with its own index."""
+    from gateway.search import VectorIndex
+
+    flat = VectorIndex.load(small_index_dir, gpu=False)
+    key = _key(flat.checksum, "hnsw")
+
+    def build(target: Path) -> None:
+        vectors = flat._index.reconstruct_n(0, flat._index.ntotal)  # the flat index stores them exactly
+        VectorIndex.build(vectors, flat.doc_ids, flat.metadata, encoder_checksum=flat.encoder_checksum,
+                          kind="hnsw", corpus=flat.manifest.get("corpus")).save(target)
+
+    return _cached("index-small-hnsw", key, build)
+
+
+def write_two_arm_experiment(folder: Path, encoder_dir: Path, flat_dir: Path, hnsw_dir: Path, **fields) -> Path:
+    """A running two-arm experiment (flat vs HNSW index, same encoder) over the whole `retrieval` layer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    values = {"weights": (50, 50), "allocation": 1.0, "status": "running", "name": "flat-vs-hnsw"} | fields
+    text = f"""name: {values['name']}
+description: Does an HNSW index keep the exact index's quality at lower latency?
+owner: search-infra
+layer: retrieval
+unit: user
+salt: {values['name']}-salt
+status: {values['status']}
+start: 2026-01-01T00:00:00Z
+allocation: {values['allocation']}
+control: flat
+arms:
+  - {{name: flat, weight: {values['weights'][0]}, encoder: {encoder_dir}, index: {flat_dir}, top_k: 10}}
+  - {{name: hnsw, weight: {values['weights'][1]}, encoder: {encoder_dir}, index: {hnsw_dir}, top_k: 10}}
+metrics:
+  primary: ctr
+  secondary: [mrr]
+  guardrails:
+    - {{metric: latency_p95, max_relative_increase: 0.2}}
+design: {{mde: 0.02, sequential: true}}
+"""
+    path = folder / f"{values['name']}.yaml"
+    path.write_text(text)
+    return path
+
+
+class GatewayProcess:
+    """`python -m gateway.cli serve` in a subprocess; `url`, `stop()`, `signal(sig)`."""
+
+    def __init__(self, workdir: Path, experiments: Path, *extra: str, env: dict | None = None) -> None:
+        import subprocess
+        import sys
+        import time
+
+        import httpx
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.log = open(workdir / "gateway.log", "w")
+        environment = {**os.environ, "OMP_NUM_THREADS": "1", "ABGATE_ADMIN_API_KEY": "test-key",
+                       "ABGATE_DSN": f"chdb://{workdir / 'store'}", "ABGATE_SPOOL_DIR": str(workdir / "spool"),
+                       "ABGATE_STATE_FILE": str(workdir / "state.json"), **(env or {})}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--experiments", str(experiments), "--port",
+             str(self.port), *extra], cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"abgate serve exited {self.process.returncode}: {self.read_log()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"abgate serve was not ready in 120 s: {self.read_log()[-3000:]}")
+
+    def read_log(self) -> str:
+        return (self.workdir / "gateway.log").read_text()
+
+    def signal(self, sig) -> None:
+        self.process.send_signal(sig)
+
+    def stop(self) -> int:
+        import signal as signals
+
+        if self.process.poll() is None:
+            self.process.send_signal(signals.SIGINT)
+            try:
+                self.process.wait(30)
+            except Exception:
+                self.process.kill()
+                self.process.wait(10)
+        self.log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def gateway_artifacts(baseline_encoder_dir: Path, small_index_dir: Path, hnsw_index_dir: Path):
+    return baseline_encoder_dir, small_index_dir, hnsw_index_dir

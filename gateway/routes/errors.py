@@ -37,12 +37,20 @@ def _body(request: Request, status: int, message: str, field: str | None = None,
 
 
 def _field_of(detail: dict) -> str | None:
+    """The field a validation problem is about. msgspec names body fields inside its message:
+    "Expected `int` >= 1 - at `$.k`", "Object missing required field `unit_id`"; Litestar's key is then
+    just "data" (the body), so the message wins when it names something."""
+    message = str(detail.get("message", ""))
+    at = re.search(r"at `\$\.?([^`]*)`", message)
+    if at and at.group(1):
+        field = at.group(1)
+        named = re.search(r"field `([^`]+)`", message)
+        return f"{field}.{named.group(1)}" if named else field
+    named = re.search(r"field `([^`]+)`", message)
+    if named:
+        return named.group(1)
     key = detail.get("key")
-    if key:
-        return str(key)
-    # msgspec says e.g. "Expected `int`, got `str` - at `$.k`"
-    match = re.search(r"at `\$\.?([^`]*)`", str(detail.get("message", "")))
-    return match.group(1) or None if match else None
+    return str(key) if key else None
 
 
 def validation_handler(request: Request, exc: ValidationException) -> Response:

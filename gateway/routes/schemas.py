@@ -25,7 +25,7 @@ class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
                                  description="the randomized unit (user or session id)")]
     k: Annotated[int, Meta(ge=1, le=MAX_K)] | None = None
     filters: Annotated[dict[Annotated[str, Meta(min_length=1, max_length=64)], FilterValue],
-                       Meta(max_properties=MAX_FILTERS,
+                       Meta(max_length=MAX_FILTERS,
                             description="exact matches on document metadata")] | None = None
 
 
