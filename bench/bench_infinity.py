@@ -183,7 +183,7 @@ arms:
   - {{name: a, weight: 50, encoder: {enc}, index: {idx}, top_k: 10}}
   - {{name: b, weight: 50, encoder: {enc}, index: {idx}, top_k: 10}}
 metrics: {{primary: ctr}}
-design: {{alpha: 0.05, sequential: true}}
+design: {{alpha: 0.05, mde: 0.02, sequential: true}}
 """)
 
 

@@ -158,3 +158,81 @@ def test_cli_says_when_no_gateway_answers():
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "abgate serve" in proc.stderr and "ConnectError" in proc.stderr
+
+
+# --- End to end: real `abgate serve` (real model, FAISS, chdb), real HTTP, then the store is read ---------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_simulated_users_reach_the_store_through_a_real_gateway(tmp_path, baseline_encoder_dir, small_index_dir):
+    import signal
+    import time
+    import urllib.request
+
+    from gateway.store import connect
+
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "aa.yaml").write_text(f"""name: sim-aa
+description: simulator end-to-end test
+owner: tests
+layer: retrieval
+unit: user
+salt: sim-test
+status: running
+start: 2020-01-01T00:00:00Z
+end: null
+allocation: 1.0
+control: a
+arms:
+  - {{name: a, weight: 50, encoder: {baseline_encoder_dir}, index: {small_index_dir}, top_k: 10}}
+  - {{name: b, weight: 50, encoder: {baseline_encoder_dir}, index: {small_index_dir}, top_k: 10}}
+metrics: {{primary: ctr}}
+design: {{alpha: 0.05, mde: 0.02, sequential: true}}
+""")
+    port, dsn = _free_port(), f"chdb://{tmp_path / 'store'}"
+    env = dict(os.environ, ABGATE_EXPERIMENTS_DIR=str(experiments), ABGATE_PORT=str(port), ABGATE_DSN=dsn,
+               ABGATE_SPOOL_DIR=str(tmp_path / "spool"), ABGATE_STATE_FILE=str(tmp_path / "state.json"),
+               ABGATE_ACCESS_LOG="false", HF_HUB_OFFLINE="1")
+    server = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "gateway not ready"
+            time.sleep(0.5)
+        proc = subprocess.run([sys.executable, "-m", "gateway.cli", "simulate", "--url", f"http://127.0.0.1:{port}",
+                               "--data", str(DATA), "--users", "12", "--seed", "3", "--concurrency", "4", "--json"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout)
+        assert "simulate: " in proc.stderr  # progress on stderr, counts on stdout
+    finally:
+        server.send_signal(signal.SIGINT)  # graceful: the writer flushes before exit
+        server.wait(timeout=60)
+    assert result["users_done"] == 12 and result["failed_searches"] == 0 and result["failed_feedback"] == 0
+    assert result["searches"] == result["planned_searches"] > 12  # repeat visits: more searches than users
+    assert result["clicks"] > 0 and result["feedback"] == result["clicks"] + result["dwells"] + result["conversions"]
+
+    client = connect(dsn)
+    impressions = client.query("SELECT count(), uniqExact(unit_id), uniqExact(arm) FROM impressions FINAL").result_rows[0]
+    assert impressions[0] == result["searches"] and impressions[1] == 12
+    by_type = dict(client.query("SELECT type, count() FROM feedback FINAL GROUP BY type").result_rows)
+    assert by_type.get("click", 0) == result["clicks"] and by_type.get("dwell", 0) == result["dwells"]
+    # Stickiness seen from the log: each simulated user stayed in one arm across all its visits.
+    assert client.query("SELECT max(n) FROM (SELECT uniqExact(arm) AS n FROM impressions FINAL GROUP BY unit_id)"
+                        ).result_rows[0][0] == 1
