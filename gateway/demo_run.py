@@ -67,7 +67,7 @@ def evaluate_offline(ctx: Context) -> dict:
 
         run_step(ctx, f"eval-offline {arm}", out,
                  abgate("eval-offline", str(enc), str(idx), "--data", str(ctx.data), "--split", "test",
-                        "--label", arm, "--output", str(out)), done)
+                        "--label", arm, "--output", str(out), "--ignore-unknown-docs"), done)
         results[arm] = _json(out)["metrics"]
         log(f"offline {arm}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results[arm].items())))
     return results
@@ -118,11 +118,13 @@ def run_cli_json(ctx: Context, *args: str, env: dict | None = None) -> dict:
     out = child.communicate() or ""
     if child.proc.returncode == 130:
         raise KeyboardInterrupt
-    lines = out.strip().splitlines()
-    try:
-        body = json.loads(lines[-1]) if lines else {}
-    except ValueError:
-        body = {}
+    body = {}
+    for text in (out.strip(), (out.strip().splitlines() or [""])[-1]):  # whole output, else its last line
+        try:
+            body = json.loads(text)
+            break
+        except ValueError:
+            continue
     if child.proc.returncode != 0:
         raise AbgateError(f"`abgate {' '.join(args)}` failed (exit code {child.proc.returncode}): "
                           f"{body.get('error') or 'see the messages above'}")
@@ -142,7 +144,10 @@ def verdict(report: dict) -> dict:
 
 
 def read_reports(ctx: Context) -> dict:
-    return {name: run_cli_json(ctx, "report", name) for name in (AB, AA)}
+    """Both reports as JSON; each also written as a static dashboard page, artifacts/demo/NAME.html."""
+    return {name: run_cli_json(ctx, "report", name, "--experiments", str(ctx.path("experiments", "demo")),
+                               "--html", str(demo_dir(ctx) / f"{name}.html"))
+            for name in (AB, AA)}
 
 
 def serve_and_simulate(ctx: Context, args, offline: dict) -> dict:
@@ -194,7 +199,9 @@ def outcome(offline: dict, record: dict, reports: dict, url: str) -> dict:
     return {"ok": agrees and not aa["winner"], "offline": offline, "offline_winner": offline_winner,
             "ab": ab, "aa": aa, "agrees_with_offline": agrees, "aa_declared_winner": bool(aa["winner"]),
             "users_needed": first, "stages": record["stages"],
-            "dashboard": {"ab": f"{url}/dashboard/{AB}", "aa": f"{url}/dashboard/{AA}"}}
+            "dashboard": {"ab": f"{url}/dashboard/{AB}", "aa": f"{url}/dashboard/{AA}"},
+            "static_dashboard": {"ab": str(Path("artifacts", "demo", f"{AB}.html")),
+                                 "aa": str(Path("artifacts", "demo", f"{AA}.html"))}}
 
 
 def print_outcome(result: dict, as_json: bool) -> None:
@@ -215,5 +222,7 @@ def print_outcome(result: dict, as_json: bool) -> None:
           f"{result['users_needed'] or 'not reached'} users (whole layer; half in the A/B test)")
     print(f"A/A verdict: {result['aa']['headline']} -> "
           f"{'a false positive!' if result['aa_declared_winner'] else 'no winner, as it should be'}")
-    print(f"Dashboard: {result['dashboard']['ab']} (serve it with `make demo ARGS=--keep-serving`)")
+    print(f"Dashboard: {result['dashboard']['ab']} (live while the gateway runs: "
+          f"`python -m gateway.demo --keep-serving`); as a file: {result['static_dashboard']['ab']} "
+          f"(A/A: {result['static_dashboard']['aa']})")
     print(f"Timings (s): {result['timings']}")

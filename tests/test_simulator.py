@@ -236,3 +236,37 @@ design: {{alpha: 0.05, mde: 0.02, sequential: true}}
     # Stickiness seen from the log: each simulated user stayed in one arm across all its visits.
     assert client.query("SELECT max(n) FROM (SELECT uniqExact(arm) AS n FROM impressions FINAL GROUP BY unit_id)"
                         ).result_rows[0][0] == 1
+
+
+@pytest.mark.slow
+def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encoder_dir, small_index_dir):
+    """The demo's orchestration on a small index: offline eval, gateway, one stage of users, both reports.
+    Both arms are the baseline here, so the 'A/B' must not name a winner either."""
+    import argparse
+    import shutil
+
+    from gateway.demo import Context
+    from gateway.demo_run import AA, AB, evaluate_offline, serve_and_simulate
+
+    work = tmp_path / "work"
+    shutil.copytree(ROOT / "experiments" / "demo", work / "experiments" / "demo")
+    for arm in ("baseline", "finetuned"):
+        (work / "artifacts" / "encoders").mkdir(parents=True, exist_ok=True)
+        (work / "artifacts" / "indexes").mkdir(parents=True, exist_ok=True)
+        (work / "artifacts" / "encoders" / arm).symlink_to(baseline_encoder_dir)
+        (work / "artifacts" / "indexes" / arm).symlink_to(small_index_dir)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ABGATE_DSN=f"chdb://{work / 'artifacts' / 'demo' / 'store'}")
+    ctx = Context(work, DATA, env)
+    offline = evaluate_offline(ctx)
+    assert offline["baseline"]["ndcg@10"] == offline["finetuned"]["ndcg@10"] > 0.3
+    args = argparse.Namespace(fresh_traffic=False, port=_free_port(), stages=[40], seed=5, concurrency=4,
+                              all_stages=False, keep_serving=False)
+    result = serve_and_simulate(ctx, args, offline)
+    assert [s["users"] for s in result["stages"]] == [40]
+    ab, aa = result["stages"][0]["verdicts"][AB], result["stages"][0]["verdicts"][AA]
+    assert ab["units"] + aa["units"] == 40  # each user in exactly one of the two experiments
+    assert ab["winner"] is None and aa["winner"] is None
+    assert (work / "artifacts" / "demo" / f"{AB}.html").is_file()
+    # A second run finds the stage done and replays nothing.
+    again = serve_and_simulate(ctx, args, offline)
+    assert again["stages"] == result["stages"]
