@@ -21,10 +21,10 @@ test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 demo: venv
-	$(BIN)/python -m gateway.demo --data $(DATA)
+	$(BIN)/python -m gateway.demo --data $(DATA) $(DEMO_ARGS)
 
 bench: venv
-	$(BIN)/python bench/run_all.py --data $(DATA)
+	$(BIN)/python bench/run_all.py --data $(DATA) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) artifacts .abgate tests/artifacts
