@@ -52,7 +52,8 @@ def run_script(path: Path, args: argparse.Namespace) -> dict:
     name = path.stem.removeprefix("bench_")
     idle = machine.wait_until_idle(args.wait, force=args.force)
     before = machine.snapshot()
-    command = [sys.executable, str(path), "--data", args.data] + (["--quick"] if args.quick else [])
+    command = ([sys.executable, str(path), "--data", args.data] + (["--quick"] if args.quick else [])
+               + (["--force"] if args.force else []))
     print(f"bench: {name}: {' '.join(command[1:])} (load {before['load1']}, "
           f"ORT reference {before['ort_reference_ms']} ms)", file=sys.stderr)
     started = time.perf_counter()
