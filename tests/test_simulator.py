@@ -270,3 +270,41 @@ def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encode
     # A second run finds the stage done and replays nothing.
     again = serve_and_simulate(ctx, args, offline)
     assert again["stages"] == result["stages"]
+
+
+# --- The volume study: power and A/A false positives of the CTR test, by simulation ----------------------------
+
+def _judgments_for(n_queries: int):
+    from gateway.simulator import Judgments
+
+    return Judgments({str(q): f"query {q}" for q in range(n_queries)},
+                     {str(q): {f"rel{q}": 1} for q in range(n_queries)})
+
+
+def test_click_matrix_puts_each_arms_relevant_docs_where_it_ranked_them():
+    from gateway.volume import click_matrix
+
+    judgments = _judgments_for(2)
+    model = ClickModel(eta=1.0, p_relevant=0.5, noise=0.0)
+    good = click_matrix({"0": ["rel0", "x"], "1": ["rel1"]}, judgments, model, k=3)
+    bad = click_matrix({"0": ["x", "rel0"], "1": []}, judgments, model, k=3)
+    np.testing.assert_allclose(good, [[0.5, 0, 0], [0.5, 0, 0]])
+    np.testing.assert_allclose(bad, [[0, 0.25, 0], [0, 0, 0]])
+
+
+def test_volume_study_finds_power_for_a_real_difference_and_none_for_aa():
+    from gateway.volume import click_matrix, study, volume_needed
+
+    judgments = _judgments_for(50)
+    model = ClickModel()
+    # Control ranks the relevant document 3rd, treatment 1st: a large, known CTR difference.
+    control = click_matrix({q: ["a", "b", f"rel{q}"] for q in judgments.queries}, judgments, model)
+    treatment = click_matrix({q: [f"rel{q}", "a", "b"] for q in judgments.queries}, judgments, model)
+    points = study(control, treatment, [20, 400], reps=40, model=model, seed=1)
+    small, large = points
+    assert small.power_sequential < 0.5 < large.power_sequential
+    assert large.power_fixed >= large.power_sequential  # always-valid intervals are wider
+    assert large.wrong_sequential == 0 and large.mean_lift > 0.5
+    assert volume_needed(points, 0.8) in (400, None) and volume_needed(points, 0.0) == 20
+    aa = study(control, control, [400], reps=100, model=model, seed=2)[0]
+    assert aa.power_sequential == 0 and aa.wrong_sequential <= 0.05  # false positives at most alpha
