@@ -10,6 +10,7 @@ so the ReplacingMergeTree tables collapse it (see docs/event-log.md).
 from __future__ import annotations
 
 import secrets
+from operator import attrgetter
 from datetime import datetime, timezone
 
 import msgspec
@@ -76,6 +77,7 @@ def _arrow_types() -> dict[type, list]:
 
 
 _ARROW_TYPES: dict[type, list] = {}
+_GETTERS = {cls: [attrgetter(name) for name in names] for cls, names in COLUMNS.items()}
 
 
 def to_arrow(batch: list[Impression] | list[Feedback]):
@@ -88,8 +90,8 @@ def to_arrow(batch: list[Impression] | list[Feedback]):
     if not _ARROW_TYPES:
         _ARROW_TYPES.update(_arrow_types())
     cls = type(batch[0])
-    columns = zip(*map(msgspec.structs.astuple, batch))
-    arrays = [pa.array(column, type=kind) for column, kind in zip(columns, _ARROW_TYPES[cls])]
+    # One attribute getter per column: several times cheaper than building a tuple per event and transposing.
+    arrays = [pa.array(list(map(get, batch)), type=kind) for get, kind in zip(_GETTERS[cls], _ARROW_TYPES[cls])]
     return pa.Table.from_arrays(arrays, names=list(COLUMNS[cls]))
 
 
@@ -103,7 +105,9 @@ _DECODERS = {b"I": msgspec.msgpack.Decoder(Impression), b"F": msgspec.msgpack.De
 def encode(event: Event) -> bytes:
     if event.ts.tzinfo is None:  # msgpack timestamps need a zone; the contract says UTC
         event = msgspec.structs.replace(event, ts=event.ts.replace(tzinfo=timezone.utc))
-    return _KIND[type(event)] + _ENCODER.encode(event)
+    out = bytearray(_KIND[type(event)])
+    _ENCODER.encode_into(event, out, 1)
+    return bytes(out)
 
 
 def decode(data: bytes) -> Event:

@@ -12,7 +12,7 @@ Layout of `<dir>/`:
     00000001.seg ...      segments; a new one at each open and every `segment_bytes`
     committed             "segment offset crc" of the first record not yet stored, replaced atomically
 
-Record: MAGIC (2 bytes) | length (u32 LE) | crc32 of length+payload (u32 LE) | payload.
+Record: MAGIC (2 bytes) | length (u32 LE) | crc32 of the payload (u32 LE) | payload.
 A record cut short at the end of a segment (kill -9 during a write) is a *torn* record: detected by its
 length or checksum, skipped and counted. Bad bytes in the middle of a segment are skipped up to the next
 record whose checksum holds, and counted as *corrupt*. Neither stops the replay.
@@ -42,8 +42,8 @@ class SpoolBusyError(AbgateError):
 
 
 def frame(payload: bytes) -> bytes:
-    length = struct.pack("<I", len(payload))
-    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload, zlib.crc32(length))) + payload
+    # The checksum covers the payload only: a damaged length field shows as a payload that fails it.
+    return HEADER.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
 class Spool:
@@ -232,7 +232,7 @@ def _parse(data: bytes, pos: int) -> tuple[bytes, int] | None:
     if magic != MAGIC or length > MAX_RECORD or start + length > len(data):
         return None
     payload = data[start:start + length]
-    if zlib.crc32(payload, zlib.crc32(struct.pack("<I", length))) != crc:
+    if zlib.crc32(payload) != crc:
         return None
     return payload, start + length
 
