@@ -159,13 +159,13 @@ def collect(client, experiment, *, metrics: dict[str, MetricDef], database: str 
 
     window = analysis_window(experiment.start, experiment.end, now)
     query = metrics_sql.MetricQueries(database, experiment.name, window, dwell_threshold, metrics)
-    stats = query.unit_stats(client)
+    stats, daily, by_day = query.series(client)
     arms = query.arm_summaries(client)
-    daily = query.daily_counts(client)
-    cumulative: list[CumulativePoint] = []
     metric = metrics.get(cumulative_metric) if cumulative_metric else None
-    if metric is not None and metric.kind != "quantile" and daily:
-        days = sorted({date.fromisoformat(row["day"]) for row in daily})
-        cumulative = query.cumulative(client, metric, look_days(days[0], days[-1]))
+    cumulative: list[CumulativePoint] = []
+    if metric is not None and metric.kind != "quantile" and by_day:
+        days = sorted(by_day)
+        cumulative = [CumulativePoint(day, by_day[day][metric.name]) for day in look_days(days[0], days[-1])
+                      if day in by_day]
     return ExperimentData(experiment.name, window, metrics, stats, arms, daily,
                           cumulative_metric if cumulative else None, cumulative)

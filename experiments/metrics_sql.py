@@ -1,14 +1,16 @@
 """The ClickHouse SQL behind experiments/metrics.py.
 
-Three levels, each a CTE, so every metric shares one scan of the event log:
+One query computes every metric, at every daily look, from one scan of the event log:
 
     searches  one row per (deduplicated) enrolled impression in the window, with its feedback summed up
               (LEFT JOIN on impression_id: feedback that names no analysed impression is ignored)
-    per unit  GROUP BY arm, unit_id: the UNIT_COLUMNS below (+ c{i}_num / c{i}_den of custom metrics)
-    per arm   sums of m, m^2, d, d^2, m*d over units: the sufficient statistics
+    unit_day  GROUP BY arm, unit_id, day: the UNIT_COLUMNS below (+ c{i}_num / c{i}_den of custom metrics)
+    units     per unit, day-sorted cumulative arrays of those columns; each metric evaluated on them
+    result    per (arm, day): what that day adds to n, sum m, sum m^2, sum d, sum d^2, sum m*d
 
-The cumulative series re-aggregates per (unit, day), keeps each unit's days as arrays and, for each daily
-look, sums the days up to it, so look L sees exactly the units and events a report run on day L would.
+Python sums the per-day changes: day L's running totals are exactly the sums a report run at the end of
+day L would get (the units seen so far, each with its events so far), and the last day's are the final
+analysis. So the sequential chart costs nothing extra, and the work is one row per (unit, active day).
 Values are passed as query parameters; identifiers come only from code (the database name is checked).
 """
 
@@ -121,17 +123,49 @@ searches AS (
     SETTINGS join_use_nulls = 0
 )"""
 
-    def _unit_select(self) -> str:
-        return ", ".join([f"{expr} AS {name}" for name, expr in UNIT_COLUMNS.items()] + self._unit_custom)
+    def _unit_columns(self) -> list[tuple[str, str]]:
+        custom = [(c.rsplit(" AS ", 1)[1], c.rsplit(" AS ", 1)[0]) for c in self._unit_custom]
+        return list(UNIT_COLUMNS.items()) + custom
 
-    @staticmethod
-    def _sums(metric: MetricDef, i: int) -> list[str]:
-        m = f"toFloat64({metric.numerator})"
-        if metric.kind == "mean":
-            return [f"sum({m}) AS s{i}", f"sum(pow({m}, 2)) AS q{i}"]
-        d = f"toFloat64({metric.denominator})"
-        return [f"sum({m}) AS s{i}", f"sum(pow({m}, 2)) AS q{i}", f"sum({d}) AS ds{i}",
-                f"sum(pow({d}, 2)) AS dq{i}", f"sum({m} * {d}) AS md{i}"]
+    def _series_sql(self, metrics: list[MetricDef]) -> str:
+        """Per (arm, day): the change that day brings to each metric's per-arm sums, plus traffic counts.
+
+        Each unit's columns are summed per day and kept as day-sorted cumulative arrays; the metric is
+        evaluated on them (m_k after k active days), and the unit adds m_k - m_(k-1) to the sum, m_k^2 -
+        m_(k-1)^2 to the sum of squares, ... on its k-th active day, and 1 to n on its first. A prefix sum over
+        days (in Python) then gives the sums of any look, and the last look is the final analysis: one pass,
+        (unit, active day) rows only, instead of one row per unit and look.
+        """
+        columns = self._unit_columns()
+        names = [name for name, _ in columns]
+        unit_day = ", ".join(f"{expr} AS {name}" for name, expr in columns)
+        cum = ", ".join(f"arrayCumSum(arraySort((v, d) -> d, groupArray(toFloat64({n})), groupArray(day))) AS c_{n}"
+                        for n in names)
+        per_metric, joins, sums = [], [], []
+        for i, metric in enumerate(metrics):
+            used = [n for n in names if n in metric.columns]
+            lam = f"({', '.join(used)}) -> toFloat64({{}})"
+            arrays = ", ".join(f"c_{n}" for n in used)
+            sides = [("m", metric.numerator)] + ([("d", metric.denominator)] if metric.kind == "ratio" else [])
+            for side, expr in sides:
+                per_metric.append(f"arrayMap({lam.format(expr)}, {arrays}) AS {side}{i}")
+                joins += [f"{side}{i} AS {side}{i}v", f"arrayPopBack(arrayPushFront({side}{i}, 0.)) AS p{side}{i}v"]
+            m, pm = f"m{i}v", f"pm{i}v"
+            sums += [f"sum({m} - {pm})", f"sum({m} * {m} - {pm} * {pm})"]
+            if metric.kind == "ratio":
+                d, pd = f"d{i}v", f"pd{i}v"
+                sums += [f"sum({d} - {pd})", f"sum({d} * {d} - {pd} * {pd})", f"sum({m} * {d} - {pm} * {pd})"]
+        return (f"WITH {self.searches_cte()},\n"
+                f"unit_day AS (SELECT arm, unit_id, day, {unit_day} FROM searches GROUP BY arm, unit_id, day),\n"
+                f"units AS (SELECT arm, arraySort(groupArray(day)) AS days, "
+                f"arraySort((v, d) -> d, groupArray(searches), groupArray(day)) AS day_searches, {cum} "
+                f"FROM unit_day GROUP BY arm, unit_id),\n"
+                f"steps AS (SELECT arm, days, day_searches{''.join(', ' + p for p in per_metric)} FROM units)\n"
+                f"SELECT day, arm, count() AS active_units, sum(day_imps) AS impressions, countIf(k = 1) AS new_units"
+                f"{''.join(', ' + x for x in sums)}\n"
+                f"FROM steps ARRAY JOIN days AS day, day_searches AS day_imps, arrayEnumerate(days) AS k"
+                f"{''.join(', ' + j for j in joins)}\n"
+                f"GROUP BY day, arm ORDER BY day, arm")
 
     @staticmethod
     def _statistic(metric: MetricDef, n: int, values: list) -> RatioStatistic | SampleMean:
@@ -139,23 +173,35 @@ searches AS (
             return SampleMean(n, float(values[0]), float(values[1]))
         return RatioStatistic(n, *(float(v) for v in values))
 
-    # -- queries --------------------------------------------------------------------------------------------
-    def unit_stats(self, client) -> dict[str, dict[str, RatioStatistic | SampleMean]]:
+    def series(self, client) -> tuple[dict, list[dict], dict[date, dict]]:
+        """(final sums: metric -> arm -> statistic, daily traffic rows, day -> metric -> arm -> statistic).
+
+        The cumulative sums are kept for every day with traffic; the last day's are the final ones.
+        """
         metrics = list(self.metrics.values())
-        if not metrics:
-            return {}
-        sums = [s for i, m in enumerate(metrics) for s in self._sums(m, i)]
-        sql = (f"WITH {self.searches_cte()},\nunits AS (SELECT arm, unit_id, {self._unit_select()} "
-               f"FROM searches GROUP BY arm, unit_id)\n"
-               f"SELECT arm, count() AS n, {', '.join(sums)} FROM units GROUP BY arm ORDER BY arm")
-        out: dict[str, dict] = {m.name: {} for m in metrics}
-        for row in client.query(sql, parameters=self.params).result_rows:
-            arm, n, values = row[0], int(row[1]), list(row[2:])
-            for m in metrics:
-                width = 2 if m.kind == "mean" else 5
-                out[m.name][arm] = self._statistic(m, n, values[:width])
-                values = values[width:]
-        return out
+        widths = [2 if m.kind == "mean" else 5 for m in metrics]
+        rows = client.query(self._series_sql(metrics), parameters=self.params).result_rows if metrics else []
+        running: dict[str, list[float]] = {}
+        daily, by_day = [], {}
+        for row in rows:
+            day, arm, active, impressions, new_units, deltas = row[0], row[1], row[2], row[3], row[4], row[5:]
+            daily.append({"day": day.isoformat(), "arm": arm, "units": int(active), "impressions": int(impressions)})
+            totals = running.setdefault(arm, [0.0] * (1 + len(deltas)))
+            totals[0] += new_units
+            for j, value in enumerate(deltas):
+                totals[j + 1] += value
+            snapshot, offset = {}, 1
+            for metric, width in zip(metrics, widths):
+                snapshot[metric.name] = self._statistic(metric, int(totals[0]), totals[offset:offset + width])
+                offset += width
+            by_day.setdefault(day, {})[arm] = snapshot
+        cumulative: dict[date, dict] = {}
+        current: dict[str, dict] = {}
+        for day in sorted(by_day):  # an arm without traffic on a day keeps its sums of the day before
+            current.update(by_day[day])
+            cumulative[day] = {m.name: {arm: stats[m.name] for arm, stats in current.items()} for m in metrics}
+        final = cumulative[max(cumulative)] if cumulative else {m.name: {} for m in metrics}
+        return final, daily, cumulative
 
     def arm_summaries(self, client) -> dict[str, ArmSummary]:
         sql = (f"SELECT arm, uniqExact(unit_id), count(), quantileExact(0.95)(latency_ms), "
@@ -165,32 +211,3 @@ searches AS (
         return {row[0]: ArmSummary(row[0], int(row[1]), int(row[2]), float(row[3]) if row[2] else None,
                                    tuple(sorted(row[4])), tuple(sorted(row[5])))
                 for row in client.query(sql, parameters=self.params).result_rows}
-
-    def daily_counts(self, client) -> list[dict]:
-        sql = (f"SELECT toDate(ts, 'UTC') AS day, arm, uniqExact(unit_id), count() "
-               f"FROM {self.db}.impressions_unique WHERE experiment = {{experiment:String}} AND enrolled "
-               f"{self.start_clause} AND ts < {{end:DateTime64(3, 'UTC')}} GROUP BY day, arm ORDER BY day, arm")
-        return [{"day": row[0].isoformat(), "arm": row[1], "units": int(row[2]), "impressions": int(row[3])}
-                for row in client.query(sql, parameters=self.params).result_rows]
-
-    def cumulative(self, client, metric: MetricDef, looks: list[date]) -> list[CumulativePoint]:
-        """The metric's sums at each look, over each unit's events up to and including that day."""
-        columns = [c for c in metric.columns]
-        unit_day = ", ".join(f"{expr} AS {name}" for name, expr in UNIT_COLUMNS.items() if name in columns)
-        unit_day = ", ".join(filter(None, [unit_day] + [c for c in self._unit_custom
-                                                        if c.rsplit(" AS ", 1)[1] in columns]))
-        arrays = ", ".join(f"groupArray({c}) AS a_{c}" for c in columns)
-        upto = ", ".join(f"arraySum(arrayFilter((v, d) -> d <= look, a_{c}, days)) AS {c}" for c in columns)
-        sums = self._sums(metric, 0)
-        params = dict(self.params, looks=[d.isoformat() for d in looks])
-        sql = (f"WITH {self.searches_cte()},\n"
-               f"unit_day AS (SELECT arm, unit_id, day, {unit_day} FROM searches GROUP BY arm, unit_id, day),\n"
-               f"unit_days AS (SELECT arm, unit_id, groupArray(day) AS days, min(day) AS first_day, {arrays} "
-               f"FROM unit_day GROUP BY arm, unit_id),\n"
-               f"looks AS (SELECT arm, look, {upto} FROM unit_days "
-               f"ARRAY JOIN arrayFilter(l -> l >= first_day, {{looks:Array(Date)}}) AS look)\n"
-               f"SELECT look, arm, count() AS n, {', '.join(sums)} FROM looks GROUP BY look, arm ORDER BY look, arm")
-        points: dict[date, dict] = {}
-        for row in client.query(sql, parameters=params).result_rows:
-            points.setdefault(row[0], {})[row[1]] = self._statistic(metric, int(row[2]), list(row[3:]))
-        return [CumulativePoint(day, stats) for day, stats in sorted(points.items())]
