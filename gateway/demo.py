@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     return cli_main(["demo", *(argv if argv is not None else sys.argv[1:])])
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from gateway.demo_run import evaluate_offline, print_outcome, serve_and_simulate
 
@@ -176,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                ABGATE_DSN=f"chdb://{work / 'artifacts' / 'demo' / 'store'}")
     ctx = Context(work, data, env)
+    # Ctrl-C and `kill` both stop cleanly, even when started in the background (where a shell ignores SIGINT):
+    # each raises KeyboardInterrupt here, and the running step and the gateway are stopped before exiting.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.perf_counter()
     log(f"data {data}; artifacts under {work / 'artifacts'}; store {env['ABGATE_DSN']}")
     try:
