@@ -213,3 +213,37 @@ def test_stopped_experiment_sends_everyone_to_control_and_events_reach_clickhous
     assert by[("hnsw", True)] > 0 and by[("flat", True)] > 0
     assert by[("flat", False)] >= 30  # after the stop: control, not enrolled
     assert clicks >= 1
+
+
+def _cuda_available() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda_available(), reason="no CUDA provider in this onnxruntime: install onnxruntime-gpu "
+                                                  "and faiss-gpu on a GPU host (bench/gpu.sh)")
+def test_gpu_gateway_serves_the_cpu_results(tmp_path, gateway_artifacts, baseline_encoder):
+    import faiss
+
+    from gateway.search import VectorIndex
+
+    encoder_dir, flat_dir, hnsw_dir = gateway_artifacts
+    write_two_arm_experiment(tmp_path / "experiments", encoder_dir, flat_dir, hnsw_dir)
+    gateway = GatewayProcess(tmp_path, tmp_path / "experiments", "--device", "cuda")
+    try:
+        assert "CUDAExecutionProvider" in gateway.read_log()  # the runtime logs the provider in use
+        cpu_index = VectorIndex.load(flat_dir, gpu=False)
+        unit = units_by_arm(tmp_path / "experiments")["flat"][0]
+        with httpx.Client(base_url=gateway.url, timeout=30) as c:
+            for query in QUERIES:
+                body = c.post("/v1/search", json={"query": query, "unit_id": unit, "k": 10}).json()
+                expected = cpu_index.search(baseline_encoder.encode([query]), 10)[0]
+                # fp32 on GPU vs CPU: same documents, scores within float tolerance (ties may swap).
+                assert set(r["doc_id"] for r in body["results"]) == {h.doc_id for h in expected}
+                assert [r["score"] for r in body["results"]] == pytest.approx([h.score for h in expected], abs=1e-3)
+        if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+            assert "gpu=True" in gateway.read_log() or '"gpu": true' in gateway.read_log()
+    finally:
+        gateway.stop()

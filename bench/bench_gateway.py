@@ -1,0 +1,250 @@
+"""Gateway throughput and latency at concurrency 32 vs in-process batched search (goal >= 0.8x), and the cost
+of event logging (on vs off, goal >= 0.95x).
+
+One run, same machine, same SciFact queries, same encoder and index, same ONNX thread count:
+- reference: the queries encoded in batches of 32 and searched in-process (Encoder.encode + VectorIndex.search),
+  measured before and after the gateway runs (their mean is the yardstick; both are reported);
+- gateway, events on: `abgate serve` (uvicorn on 127.0.0.1, a two-arm experiment, micro-batching, impressions
+  to the embedded ClickHouse through the EventWriter), driven by an httpx.AsyncClient with 32 requests in
+  flight; requests/s and p50/p99 latency as the client sees them;
+- gateway, events off (`--no-events`): the same, to price the event log.
+
+    python bench/bench_gateway.py [--data DIR] [--quick] [--force] [--device cpu|cuda] [--encoder D --index D]
+
+The client runs on the same machine and takes CPU from the server: the ratio is a low bound. Progress on
+stderr; the last stdout line is the bench JSON (docs/architecture.md), also written to bench/results/gateway.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+import machine  # noqa: E402
+
+CONCURRENCY = 32
+
+
+def progress(message: str) -> None:
+    print(f"bench_gateway: {message}", file=sys.stderr, flush=True)
+
+
+def find_artifacts(encoder: str | None, index: str | None) -> tuple[Path, Path]:
+    if encoder and index:
+        return Path(encoder).resolve(), Path(index).resolve()
+    candidates = [(REPO / "artifacts/encoders/baseline", REPO / "artifacts/indexes/baseline")]
+    enc = sorted((REPO / "tests/artifacts").glob("encoder-baseline-*"))
+    idx = sorted((REPO / "tests/artifacts").glob("index-small-[0-9a-f]*"))
+    if enc and idx:
+        candidates.append((enc[-1], idx[-1]))
+    for e, i in candidates:
+        if (e / "abgate-encoder.json").is_file() and (i / "abgate-index.json").is_file():
+            return e, i
+    raise SystemExit("bench_gateway: no encoder/index found: pass --encoder and --index, or build them with "
+                     "`abgate export-model` + `abgate build-index` into artifacts/, or run tests/test_app.py once")
+
+
+def read_queries(data: Path, n: int) -> list[str]:
+    texts = []
+    with open(data / "queries.jsonl") as fh:
+        for line in fh:
+            texts.append(json.loads(line)["text"])
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def reference(encoder_dir: Path, index_dir: Path, queries: list[str], threads: int, device: str) -> float:
+    """Queries per second: encode in batches of 32, search each batch, in this process."""
+    from gateway.encoder import Encoder
+    from gateway.search import VectorIndex
+
+    encoder = Encoder.load(encoder_dir, threads=threads, device=device)
+    index = VectorIndex.load(index_dir, encoder_checksum=encoder.checksum, gpu=device != "cpu")
+    for start in range(0, 64, 32):  # warm-up
+        index.search(encoder.encode(queries[start:start + 32], batch_size=32), 10)
+    started = time.perf_counter()
+    for start in range(0, len(queries), 32):
+        index.search(encoder.encode(queries[start:start + 32], batch_size=32), 10)
+    return len(queries) / (time.perf_counter() - started)
+
+
+def write_experiment(folder: Path, encoder_dir: Path, index_dir: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "bench.yaml").write_text(f"""name: bench
+description: Gateway benchmark, two arms on the same artifacts.
+owner: bench
+layer: retrieval
+unit: user
+salt: bench-salt
+status: running
+start: 2026-01-01T00:00:00Z
+allocation: 1.0
+control: a
+arms:
+  - {{name: a, weight: 1, encoder: {encoder_dir}, index: {index_dir}, top_k: 10}}
+  - {{name: b, weight: 1, encoder: {encoder_dir}, index: {index_dir}, top_k: 10}}
+metrics: {{primary: ctr}}
+design: {{mde: 0.02}}
+""")
+
+
+def start_server(workdir: Path, experiments: Path, events: bool, threads: int, device: str, access_log: bool):
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, "-m", "gateway.cli", "serve", "--experiments", str(experiments), "--port", str(port),
+            "--state-file", str(workdir / "state.json"), "--dsn", f"chdb://{workdir / 'store'}",
+            "--spool-dir", str(workdir / "spool"), "--encoder-threads", str(threads), "--device", device]
+    args += [] if events else ["--no-events"]
+    args += [] if access_log else ["--no-access-log"]
+    log = open(workdir / f"server-{'events' if events else 'noevents'}.log", "w")
+    proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": str(max(threads, 1))})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"bench_gateway: the server exited: {(workdir / log.name).read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("bench_gateway: the server was not ready in 120 s")
+
+
+async def drive(url: str, queries: list[str]) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    failures = 0
+    next_item = iter(range(len(queries)))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal failures
+        for i in next_item:
+            started = time.perf_counter()
+            response = await client.post("/v1/search", json={"query": queries[i], "unit_id": f"user-{i % 5000}",
+                                                             "k": 10})
+            latencies.append(time.perf_counter() - started)
+            failures += response.status_code != 200
+
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        warm = [client.post("/v1/search", json={"query": q, "unit_id": "warm"}) for q in queries[:64]]
+        await asyncio.gather(*warm)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(CONCURRENCY)))
+        seconds = time.perf_counter() - started
+    latencies.sort()
+    return {"rps": len(queries) / seconds, "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, "failures": failures}
+
+
+def run_gateway(workdir: Path, experiments: Path, queries: list[str], events: bool, threads: int, device: str,
+                access_log: bool) -> dict:
+    proc, url = start_server(workdir, experiments, events, threads, device, access_log)
+    try:
+        result = asyncio.run(drive(url, queries))
+        import httpx
+        metrics = httpx.get(url + "/metrics").text
+        count = next((float(l.split()[-1]) for l in metrics.splitlines()
+                      if l.startswith("abgate_microbatch_size_count")), 0.0)
+        total = next((float(l.split()[-1]) for l in metrics.splitlines()
+                      if l.startswith("abgate_microbatch_size_sum")), 0.0)
+        result["mean_batch"] = total / count if count else 0.0
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(REPO.parent / "shared/data/scifact"))
+    p.add_argument("--quick", action="store_true", help="640 requests per measurement instead of 3,200")
+    p.add_argument("--requests", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads, same for reference and gateway")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--encoder")
+    p.add_argument("--index")
+    p.add_argument("--access-log", action="store_true", help="keep the gateway's per-request JSON log line")
+    p.add_argument("--force", action="store_true", help="time even on a busy machine")
+    p.add_argument("--label", default="", help="suffix for the figure names (gpu.sh uses it)")
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    n = args.requests or (640 if args.quick else 3200)
+    encoder_dir, index_dir = find_artifacts(args.encoder, args.index)
+    queries = read_queries(Path(args.data), n)
+    idle = machine.wait_until_idle(force=args.force)
+    before = machine.snapshot()
+    progress(f"reference: {n} queries in batches of 32, in-process ({encoder_dir.name}, {index_dir.name})")
+    ref1 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
+    with tempfile.TemporaryDirectory(prefix="abgate-bench-") as tmp:
+        workdir = Path(tmp)
+        write_experiment(workdir / "experiments", encoder_dir, index_dir)
+        progress(f"gateway, events on: {n} requests, {CONCURRENCY} in flight")
+        on = run_gateway(workdir, workdir / "experiments", queries, True, args.threads, args.device, args.access_log)
+        progress(f"gateway, events off: {n} requests, {CONCURRENCY} in flight")
+        off = run_gateway(workdir, workdir / "experiments", queries, False, args.threads, args.device,
+                          args.access_log)
+    progress("reference again")
+    ref2 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
+    after = machine.snapshot()
+    ref = (ref1 + ref2) / 2
+    sfx = f" ({args.label})" if args.label else ""
+    refname = f"in-process encode+search, batches of 32, {args.device}{sfx}"
+    figures = [
+        {"name": f"in-process queries/s{sfx}", "value": round(ref, 1), "unit": "q/s", "ratio": None,
+         "reference": None, "goal": None},
+        {"name": f"gateway requests/s, events on, c=32{sfx}", "value": round(on["rps"], 1), "unit": "req/s",
+         "ratio": round(on["rps"] / ref, 3), "reference": refname, "goal": ">= 0.8"},
+        {"name": f"gateway p50 latency, events on{sfx}", "value": round(on["p50_ms"], 2), "unit": "ms",
+         "ratio": None, "reference": None, "goal": None},
+        {"name": f"gateway p99 latency, events on{sfx}", "value": round(on["p99_ms"], 2), "unit": "ms",
+         "ratio": None, "reference": None, "goal": None},
+        {"name": f"gateway requests/s, events off, c=32{sfx}", "value": round(off["rps"], 1), "unit": "req/s",
+         "ratio": round(off["rps"] / ref, 3), "reference": refname, "goal": None},
+        {"name": f"events on / events off{sfx}", "value": round(on["rps"] / off["rps"], 3), "unit": "x",
+         "ratio": round(on["rps"] / off["rps"], 3), "reference": "gateway with --no-events, same run",
+         "goal": ">= 0.95"},
+        {"name": f"mean micro-batch size, events on{sfx}", "value": round(on["mean_batch"], 1), "unit": "queries",
+         "ratio": None, "reference": None, "goal": None},
+    ]
+    notes = (f"{n} SciFact queries per measurement; reference runs {ref1:.1f} and {ref2:.1f} q/s; "
+             f"{args.threads} ONNX thread(s); client on the same machine; failures on/off "
+             f"{on['failures']}/{off['failures']}; p50/p99 events off {off['p50_ms']:.1f}/{off['p99_ms']:.1f} ms; "
+             f"load {before['load1']} -> {after['load1']}, ORT yardstick {before['ort_reference_ms']} -> "
+             f"{after['ort_reference_ms']} ms" + ("; BUSY MACHINE: figures are low bounds" if idle["busy"] else ""))
+    result = {"bench": "gateway", "figures": figures, "notes": notes, "machine": machine.machine_info(),
+              "before": before, "after": after}
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"gateway{('-' + args.label) if args.label else ''}.json").write_text(json.dumps(result, indent=2))
+    for f in figures:
+        progress(f"{f['name']}: {f['value']} {f['unit']}" + (f" (ratio {f['ratio']})" if f["ratio"] else ""))
+    print(json.dumps({k: result[k] for k in ("bench", "figures", "notes")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
