@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     except ModuleNotFoundError as exc:
         if exc.name != "exporters.finetune":
             raise
+    except (SyntaxError, ImportError) as exc:
+        # A broken fine-tuning module must not take export/index/eval down with it; say so loudly.
+        print(f"abgate: warning: `abgate finetune` is unavailable: {type(exc).__name__}: {exc}", file=sys.stderr)
     else:
         finetune.register(subparsers)
 
