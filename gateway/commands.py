@@ -78,8 +78,18 @@ def preflight(settings: Settings):
 
 
 def run(args: argparse.Namespace) -> int:
+    from experiments.loader import ExperimentsInvalid
+
     settings = Settings.from_env(**{name: getattr(args, name) for name in SETTING_FLAGS})
-    loaded = preflight(settings)
+    try:
+        loaded = preflight(settings)
+    except ExperimentsInvalid as exc:  # every problem, not only the first
+        for error in exc.errors:
+            print(f"abgate: error: {error.located()}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"valid": False, "errors": [
+                {"file": e.file, "line": e.line, "field": e.field, "error": e.message} for e in exc.errors]}))
+        return 2
     if args.check:
         summary = {"settings": {k: v for k, v in vars(settings).items() if k != "admin_api_key"},
                    "experiments": sorted(loaded.experiments)}
