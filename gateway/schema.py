@@ -34,8 +34,8 @@ IMPRESSIONS_COLUMNS = """
     enrolled Bool,
     query String,
     doc_ids Array(String),
-    scores Array(Float32),
-    latency_ms Float32,
+    scores Array(Float64),
+    latency_ms Float64,
     encoder_checksum LowCardinality(String),
     index_checksum LowCardinality(String),
     inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)"""

@@ -1,7 +1,11 @@
 """EventWriter: hands impressions and feedback to ClickHouse in batches without slowing a request or losing one.
 
-    submit(event) ──► spool.append (one write() to the page cache: survives kill -9)
-                  └─► bounded in-memory queue ──► drain thread ──► batched INSERT ──► spool.commit(position)
+    submit(event) ──► events.encode ──► spool.append (one write() to the page cache: survives kill -9)
+                                    └─► bounded in-memory queue ──► drain thread ──► INSERT … FORMAT MsgPack
+                                                                                 ──► spool.commit(position)
+
+A spool record is already a MsgPack row of its table (gateway/events.py), so an insert is a join of bytes:
+the drain thread does no per-event Python work, which keeps the GIL free for the request path.
 
 The spool is the source of truth and the queue only a fast path: the drain thread takes events from memory
 while the queue holds exactly what lies after the committed position ("memory mode"), and reads them back
@@ -48,7 +52,7 @@ class EventWriter:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)      # drain thread waits here for work
         self._committed = threading.Condition(threading.Lock())  # flush() waits here for commits
-        self._queue: collections.deque[tuple[events.Event, Position]] = collections.deque()
+        self._queue: collections.deque[tuple[bytes, Position]] = collections.deque()  # spool records
         self._oldest = 0.0                # monotonic time the oldest queued event arrived
         self._memory_mode = False         # start in catch-up: the spool may hold a backlog
         self._flush_requested = False
@@ -102,7 +106,8 @@ class EventWriter:
         try:
             payload = events.encode(event)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise TypeError(f"submit() takes an Impression or a Feedback, got {type(event).__name__}") from exc
+            raise TypeError(f"submit() takes an Impression or a Feedback, got {type(event).__name__}: "
+                            f"{exc}") from exc
         with self._lock:
             if not self._accepting:
                 self._counts["dropped"] += 1
@@ -118,7 +123,7 @@ class EventWriter:
             if self._memory_mode and len(self._queue) < self.queue_size:
                 if not self._queue:
                     self._oldest = time.monotonic()
-                self._queue.append((event, position))
+                self._queue.append((payload, position))
                 if len(self._queue) >= self.min_batch:
                     self._wake.notify()
             else:
@@ -160,7 +165,7 @@ class EventWriter:
             "queue_depth": depth,
             "backlog_bytes": self._spool.backlog_bytes(),
             "torn_records": self._spool.torn,
-            "corrupt_records": self._spool.corrupt,
+            "corrupt_records": self._spool.corrupt + counts.get("undecodable", 0),
             "store_up": self._store_up,
             "last_error": self._last_error,
         }
@@ -227,34 +232,35 @@ class EventWriter:
                 and time.monotonic() - self._last_insert < self.flush_interval):
             self._stop.wait(0.05)  # a trickle while catching up: gather a bigger batch, as memory mode does
             return [], False
-        batch = []
-        for payload, position in records:
-            try:
-                batch.append((None if payload is None else events.decode(payload), position))
-            except Exception as exc:  # a record that passed its checksum but does not decode: skip, count
-                self._counts["undecodable"] += 1
-                log.error("skipping an undecodable spool record at %s: %s", position, exc)
-                batch.append((None, position))
-        return batch, False
+        return records, False
 
-    def _insert(self, batch: list, from_memory: bool) -> bool:
-        by_type: dict[type, list] = {}
-        for event, _ in batch:
-            if event is not None:
-                by_type.setdefault(type(event), []).append(event)
-        if not by_type:  # only damaged records: move past them
+    def _insert(self, batch: list[tuple[bytes | None, Position]], from_memory: bool) -> bool:
+        """Insert spool records (None: damaged bytes, skipped) as MsgPack rows, one insert per table."""
+        by_kind: dict[bytes, list[bytes]] = {}
+        for payload, _ in batch:
+            if payload is None:
+                continue
+            if payload[:1] not in events.KINDS:
+                with self._lock:  # passed its checksum, yet not ours: skip, count
+                    self._counts["undecodable"] += 1
+                log.error("skipping a spool record of unknown kind %r", payload[:1])
+                continue
+            by_kind.setdefault(payload[:1], []).append(payload)
+        if not by_kind:  # only damaged records: move past them
             self._spool.commit(batch[-1][1])
             self._notify_committed()
             return True
         try:
             client = self._connect()
-            for cls, items in by_type.items():
-                client.insert_arrow(events.TABLES[cls], events.to_arrow(items))
+            for kind, records in by_kind.items():
+                cls = events.KINDS[kind]
+                client.raw_insert(events.TABLES[cls], list(events.COLUMNS[cls]),
+                                  insert_block=events.msgpack_rows(records), fmt="MsgPack")
         except Exception as exc:  # any store failure: keep the events in the spool and catch up later
             self._store_failed(exc)
             return False
         self._spool.commit(batch[-1][1])
-        rows = sum(len(items) for items in by_type.values())
+        rows = sum(len(records) for records in by_kind.values())
         self._last_insert = time.monotonic()
         with self._lock:
             self._counts["written"] += rows

@@ -42,10 +42,10 @@ class _FlakyClient:
     def __init__(self, client, control: FlakyStore) -> None:
         self._client, self._control = client, control
 
-    def insert_arrow(self, table, data, **kw):
+    def raw_insert(self, *args, **kw):
         if self._control.mode in ("fail", "refuse"):
             raise ConnectionError("insert failed (test)")
-        self._client.insert_arrow(table, data, **kw)
+        self._client.raw_insert(*args, **kw)
         if self._control.mode == "lose_ack":
             raise TimeoutError("no answer after the insert (test)")
 
