@@ -53,9 +53,8 @@ def _writer(settings: Settings):
 
 
 def _route_label(scope) -> str:
-    handler = scope.get("route_handler")
-    paths = getattr(handler, "paths", None)
-    return sorted(paths)[0] if paths else "unmatched"
+    # The route's template (/v1/experiments/{name:str}), never the raw path: label values must stay few.
+    return scope.get("path_template") or "unmatched"
 
 
 def _dashboard_handlers() -> list:

@@ -306,3 +306,22 @@ def test_settings_from_environment_and_flags():
         Settings.from_env({"ABGATE_MAX_BATCH": "0"})
     with pytest.raises(InputError, match="not a valid int"):
         Settings.from_env({"ABGATE_PORT": "http"})
+
+
+def test_without_experiments_the_default_arm_serves_and_admin_is_off(tmp_path, gateway_artifacts):
+    from litestar.testing import TestClient
+
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    encoder_dir, flat_dir, _ = gateway_artifacts
+    (tmp_path / "experiments").mkdir()
+    settings = Settings(experiments_dir=str(tmp_path / "experiments"), default_encoder=str(encoder_dir),
+                        default_index=str(flat_dir), log_events=False, state_file=None, access_log=False)
+    with TestClient(create_app(settings)) as c:
+        body = c.post("/v1/search", json={"query": QUERIES[0], "unit_id": "anyone", "k": 3}).json()
+        assert body["experiment"] is None and body["arm"] == "default" and len(body["results"]) == 3
+        assert c.post("/v1/admin/reload", headers=ADMIN).status_code == 403
+        assert c.get("/readyz").json()["events"] == "off"
+        metrics = c.get("/metrics").text
+        assert 'abgate_http_requests_total{method="POST",route="/v1/search",status="200"} 1.0' in metrics
