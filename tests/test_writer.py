@@ -108,3 +108,72 @@ def test_pending_events_survive_a_close_without_store(dsn, tmp_path):
         assert up.stats()["replayed"] == 50
     with store.connect(dsn) as client:
         assert stored(client) == (50, 50, 50)
+
+
+def _abgate(*args: str, cwd=None):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=cwd or root, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_events_commands_show_what_was_logged(tmp_path):
+    import json
+
+    dsn = f"chdb://{tmp_path}/store"
+    with EventWriter(lambda: store.connect(dsn), tmp_path / "spool") as writer:
+        imps = [impression(i) for i in range(40)]
+        for imp in imps:
+            writer.submit(imp)
+        for imp in imps[:10]:
+            writer.submit(feedback(imp))
+        assert writer.flush(30)
+    done = _abgate("events", "count", "--dsn", dsn, "--json")
+    assert done.returncode == 0, done.stderr
+    arms = {a["arm"]: a for a in json.loads(done.stdout)["arms"]}
+    expected = {arm: sum(1 for i in imps if i.arm == arm) for arm in ("baseline", "finetuned")}
+    assert {arm: a["impressions"] for arm, a in arms.items()} == expected
+    assert sum(a["feedback"].get("click", 0) for a in arms.values()) == 10
+    done = _abgate("events", "tail", "--dsn", dsn, "--arm", "baseline", "-n", "3", "--json")
+    rows = json.loads(done.stdout)["events"]
+    assert len(rows) == 3 and {r["arm"] for r in rows} == {"baseline"} and rows[0]["ts"].endswith("+00:00")
+    done = _abgate("events", "count", "--dsn", dsn)
+    assert "impressions" in done.stdout and "baseline" in done.stdout
+
+
+def test_events_command_on_a_store_held_by_a_gateway_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    folder = tmp_path / "store"
+    hold = ("import sys, clickhouse_connect; c = clickhouse_connect.get_client(dsn='chdb://' + sys.argv[1]); "
+            "print('holding', flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        done = _abgate("events", "count", "--dsn", f"chdb://{folder}")
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    assert done.returncode == 1
+    assert f"abgate: error: dsn: the embedded store {folder} is held by process {holder.pid}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_db_migrate_command(tmp_path):
+    import json
+
+    dsn = f"chdb://{tmp_path}/store"
+    first = json.loads(_abgate("db", "migrate", "--dsn", dsn, "--json").stdout)
+    again = json.loads(_abgate("db", "migrate", "--dsn", dsn, "--json", "--ttl-days", "30").stdout)
+    assert first["applied"] == [1, 2, 3] and again["applied"] == [] and again["ttl_days"] == 30
+    sql = _abgate("db", "migrate", "--cluster", "prod", "--sql").stdout
+    assert "ENGINE = Distributed(prod, abgate, impressions_local, cityHash64(unit_id))" in sql
+    bad = _abgate("db", "migrate", "--dsn", "ftp://x")
+    assert bad.returncode == 1 and "abgate: error: dsn:" in bad.stderr and "Traceback" not in bad.stderr
+    bad = _abgate("db", "migrate", "--dsn", dsn, "--ttl-days", "-1")
+    assert bad.returncode == 2 and "--ttl-days" in bad.stderr
