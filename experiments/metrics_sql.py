@@ -22,16 +22,16 @@ from datetime import date, datetime
 from experiments.metrics import ArmSummary, CumulativePoint, MetricDef
 from experiments.stats.statistics import RatioStatistic, SampleMean
 
-# Per-unit columns, as aggregates of the per-impression rows of `searches` (whose columns carry an i_ prefix:
-# ClickHouse resolves an alias before a column, so `sum(clicks) AS clicks` would nest aggregates).
+# Per-unit columns: each is the sum over the unit's impressions of a per-impression value, computed from the
+# columns of `searches` (which carry an i_ prefix, so that no alias shadows a column).
 UNIT_COLUMNS = {
-    "searches": "count()",
-    "clicks": "sum(i_clicks)",
-    "clicked": "countIf(i_clicks > 0)",
-    "rr": "sum(if(i_first_click > 0, 1.0 / i_first_click, 0.0))",
-    "dwell_ok": "countIf(i_max_dwell >= {dwell:Float64})",
-    "conversions": "sum(i_conversions)",
-    "zero_results": "countIf(i_results = 0)",
+    "searches": "1",
+    "clicks": "i_clicks",
+    "clicked": "i_clicks > 0",
+    "rr": "if(i_first_click > 0, 1.0 / i_first_click, 0.0)",
+    "dwell_ok": "i_max_dwell >= {dwell:Float64}",
+    "conversions": "i_conversions",
+    "zero_results": "i_results = 0",
 }
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CUSTOM_FIELDS = {"position": "position", "value": "value", "doc_id": "doc_id", "latency_ms": "latency_ms",
@@ -89,7 +89,7 @@ class MetricQueries:
                 else:
                     agg = f"sumIf(value, {cond})" if event.aggregate == "sum" else f"countIf({cond})"
                     fb.append(f"toFloat64({agg}) AS i_{column}")
-                unit.append(f"sum(i_{column}) AS {column}")
+                unit.append(f"i_{column} AS {column}")
         return imp, fb, unit
 
     # -- the shared CTEs ----------------------------------------------------------------------------------
@@ -127,45 +127,60 @@ searches AS (
         custom = [(c.rsplit(" AS ", 1)[1], c.rsplit(" AS ", 1)[0]) for c in self._unit_custom]
         return list(UNIT_COLUMNS.items()) + custom
 
-    def _series_sql(self, metrics: list[MetricDef]) -> str:
+    def _series_sql(self, metrics: list[MetricDef]) -> tuple[str, list[list[int]]]:
         """Per (arm, day): the change that day brings to each metric's per-arm sums, plus traffic counts.
 
-        Each unit's columns are summed per day and kept as day-sorted cumulative arrays; the metric is
-        evaluated on them (m_k after k active days), and the unit adds m_k - m_(k-1) to the sum, m_k^2 -
-        m_(k-1)^2 to the sum of squares, ... on its k-th active day, and 1 to n on its first. A prefix sum over
-        days (in Python) then gives the sums of any look, and the last look is the final analysis: one pass,
-        (unit, active day) rows only, instead of one row per unit and look.
+        Per unit, its impressions' values are kept as day-sorted cumulative arrays, cut at the last impression
+        of each active day; the metric is evaluated on them (m_k after k active days), and the unit adds
+        m_k - m_(k-1) to the sum, m_k^2 - m_(k-1)^2 to the sum of squares, ... on its k-th active day, and 1 to
+        n on its first. A prefix sum over days (in Python) gives the sums of any look, and the last look is the
+        final analysis: one GROUP BY unit over the impressions, then (unit, active day) rows only.
         """
         columns = self._unit_columns()
         names = [name for name, _ in columns]
-        unit_day = ", ".join(f"{expr} AS {name}" for name, expr in columns)
-        cum = ", ".join(f"arrayCumSum(arraySort((v, d) -> d, groupArray(toFloat64({n})), groupArray(day))) AS c_{n}"
-                        for n in names)
-        per_metric, joins, sums = [], [], []
-        for i, metric in enumerate(metrics):
-            used = [n for n in names if n in metric.columns]
-            lam = f"({', '.join(used)}) -> toFloat64({{}})"
-            arrays = ", ".join(f"c_{n}" for n in used)
-            sides = [("m", metric.numerator)] + ([("d", metric.denominator)] if metric.kind == "ratio" else [])
-            for side, expr in sides:
-                per_metric.append(f"arrayMap({lam.format(expr)}, {arrays}) AS {side}{i}")
-                joins += [f"{side}{i} AS {side}{i}v", f"arrayPopBack(arrayPushFront({side}{i}, 0.)) AS p{side}{i}v"]
-            m, pm = f"m{i}v", f"pm{i}v"
-            sums += [f"sum({m} - {pm})", f"sum({m} * {m} - {pm} * {pm})"]
+        cum = ", ".join(f"arrayFilter((v, e) -> e, arrayCumSum(arraySort((v, d) -> d, groupArray(toFloat64({expr})), "
+                        f"groupArray(day))), ends) AS c_{n}" for n, expr in columns)
+        # Metrics share expressions (six built-ins divide by `searches`): each array and each sum is built once.
+        arrays: dict[str, str] = {}   # SQL of a per-unit array -> its alias
+        sums: dict[str, int] = {}     # SQL of a per-(arm, day) sum -> its column index
+        layouts = []                  # per metric: indexes of its sums, in the statistic's field order
+
+        def array(expr: str) -> str:
+            if expr.strip() in names:  # a plain column: its cumulative array as it is
+                return f"c_{expr.strip()}"
+            used = [n for n in names if n in re.findall(r"[a-z_][a-z0-9_]*", expr)]
+            sql = f"arrayMap(({', '.join(used)}) -> toFloat64({expr}), {', '.join(f'c_{n}' for n in used)})"
+            return arrays.setdefault(sql, f"a{len(arrays)}")
+
+        def total(sql: str) -> int:
+            return sums.setdefault(sql, len(sums))
+
+        for metric in metrics:
+            m = array(metric.numerator)
+            layout = [total(f"sum({m}v - p{m}v)"), total(f"sum({m}v * {m}v - p{m}v * p{m}v)")]
             if metric.kind == "ratio":
-                d, pd = f"d{i}v", f"pd{i}v"
-                sums += [f"sum({d} - {pd})", f"sum({d} * {d} - {pd} * {pd})", f"sum({m} * {d} - {pm} * {pd})"]
-        return (f"WITH {self.searches_cte()},\n"
-                f"unit_day AS (SELECT arm, unit_id, day, {unit_day} FROM searches GROUP BY arm, unit_id, day),\n"
-                f"units AS (SELECT arm, arraySort(groupArray(day)) AS days, "
-                f"arraySort((v, d) -> d, groupArray(searches), groupArray(day)) AS day_searches, {cum} "
-                f"FROM unit_day GROUP BY arm, unit_id),\n"
-                f"steps AS (SELECT arm, days, day_searches{''.join(', ' + p for p in per_metric)} FROM units)\n"
+                d = array(metric.denominator)
+                layout += [total(f"sum({d}v - p{d}v)"), total(f"sum({d}v * {d}v - p{d}v * p{d}v)"),
+                           total(f"sum({m}v * {d}v - p{m}v * p{d}v)")]
+            layouts.append(layout)
+        per_metric = [f"{sql} AS {alias}" for sql, alias in arrays.items()]
+        joined = sorted({a for sql in sums for a in re.findall(r"\b(c_\w+|a\d+)v\b", sql)})
+        joins = [j for alias in joined
+                 for j in (f"{alias} AS {alias}v", f"arrayPopBack(arrayPushFront({alias}, 0.)) AS p{alias}v")]
+        sums = list(sums)
+        sql = (f"WITH {self.searches_cte()},\n"
+                f"units AS (SELECT arm, arraySort(groupArray(day)) AS all_days, "
+                f"arrayMap(k -> k = length(all_days) OR all_days[k] != all_days[k + 1], arrayEnumerate(all_days)) AS ends, "
+                f"arrayFilter((v, e) -> e, all_days, ends) AS days, {cum} "
+                f"FROM searches GROUP BY arm, unit_id),\n"
+                f"steps AS (SELECT arm, days, arrayDifference(arrayPushFront(c_searches, 0.)) AS day_searches"
+                f"{''.join(', ' + p for p in per_metric)}{''.join(f', c_{n}' for n in names)} FROM units)\n"
                 f"SELECT day, arm, count() AS active_units, sum(day_imps) AS impressions, countIf(k = 1) AS new_units"
                 f"{''.join(', ' + x for x in sums)}\n"
-                f"FROM steps ARRAY JOIN days AS day, day_searches AS day_imps, arrayEnumerate(days) AS k"
+                f"FROM steps ARRAY JOIN days AS day, arrayPopFront(day_searches) AS day_imps, arrayEnumerate(days) AS k"
                 f"{''.join(', ' + j for j in joins)}\n"
                 f"GROUP BY day, arm ORDER BY day, arm")
+        return sql, layouts
 
     @staticmethod
     def _statistic(metric: MetricDef, n: int, values: list) -> RatioStatistic | SampleMean:
@@ -179,8 +194,8 @@ searches AS (
         The cumulative sums are kept for every day with traffic; the last day's are the final ones.
         """
         metrics = list(self.metrics.values())
-        widths = [2 if m.kind == "mean" else 5 for m in metrics]
-        rows = client.query(self._series_sql(metrics), parameters=self.params).result_rows if metrics else []
+        sql, layouts = self._series_sql(metrics) if metrics else ("", [])
+        rows = client.query(sql, parameters=self.params).result_rows if metrics else []
         running: dict[str, list[float]] = {}
         daily, by_day = [], {}
         for row in rows:
@@ -190,10 +205,8 @@ searches AS (
             totals[0] += new_units
             for j, value in enumerate(deltas):
                 totals[j + 1] += value
-            snapshot, offset = {}, 1
-            for metric, width in zip(metrics, widths):
-                snapshot[metric.name] = self._statistic(metric, int(totals[0]), totals[offset:offset + width])
-                offset += width
+            snapshot = {metric.name: self._statistic(metric, int(totals[0]), [totals[1 + j] for j in layout])
+                        for metric, layout in zip(metrics, layouts)}
             by_day.setdefault(day, {})[arm] = snapshot
         cumulative: dict[date, dict] = {}
         current: dict[str, dict] = {}
