@@ -140,10 +140,13 @@ def cumulative_lift(points: Sequence[dict], *, width: int = 1080, height: int = 
     if not points:
         return _empty(width, 80, "No daily data yet")
     x0, x1, y0, y1 = 64, width - 28, 34, height - 36
-    values = [v for p in points for v in (p.get("estimate"), p.get("seq_low"), p.get("seq_high"),
-                                          p.get("ci_low"), p.get("ci_high")) if _finite(v)]
+    # The scale follows the estimates and the last look's intervals: the first looks' intervals are very wide
+    # and would flatten everything else, so they are clipped at the plot's edge.
+    last = points[-1]
+    values = [p["estimate"] for p in points] + [v for v in (last.get("seq_low"), last.get("seq_high"),
+                                                           last.get("ci_low"), last.get("ci_high")) if _finite(v)]
     low, high = min(values + [0.0]), max(values + [0.0])
-    pad = (high - low) * 0.08 or 0.01
+    pad = (high - low) * 0.35 or 0.01
     low, high = low - pad, high + pad
     n = len(points)
 
@@ -151,7 +154,7 @@ def cumulative_lift(points: Sequence[dict], *, width: int = 1080, height: int = 
         return x0 + (x1 - x0) * (i / (n - 1) if n > 1 else 0.5)
 
     def y(v: float) -> float:
-        return y1 - (v - low) / (high - low) * (y1 - y0)
+        return y1 - (min(max(v, low), high) - low) / (high - low) * (y1 - y0)
 
     out = [f"<svg xmlns='http://www.w3.org/2000/svg' class='chart cumulative' width='{width}' height='{height}' style='max-width:100%;height:auto' "
            f"viewBox='0 0 {width} {height}' role='img' aria-label='{escape(title)}'>",

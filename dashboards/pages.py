@@ -132,7 +132,9 @@ def _guardrails(report: dict) -> str:
     rows = []
     for g in report["guardrails"]:
         rel = g["scale"] == "relative"
-        f = (lambda v: fmt_lift(v)) if rel else (lambda v: fmt_lift(v, ""))
+        points = report["metrics"].get(g["metric"], {}).get("unit") == "%"  # an absolute change of a rate
+        f = fmt_lift if rel else (lambda v: "–" if v is None else f"{v * 100:+.2f} pp") if points else (
+            lambda v: fmt_lift(v, ""))
         rows.append(f"<tr><td>{escape(g['metric'])}</td><td class='l'>{escape(g['arm'])}</td>"
                     f"<td>{'+' if rel else ''}{f(g['limit']).lstrip('+')}</td><td>{f(g['harm'])}</td>"
                     f"<td>{f(g['harm_upper'])}</td><td class='l'>{badge(g['status'])}</td>"
