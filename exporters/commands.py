@@ -35,7 +35,17 @@ def _log_to_stderr() -> None:
     import structlog
 
     if not structlog.is_configured():
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()))
+
+
+class _CurrentStderr:
+    """Whatever sys.stderr is at write time (tests and callers may swap it after configuration)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _data_default() -> str:

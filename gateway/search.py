@@ -205,6 +205,13 @@ class VectorIndex:
                  checksum=result.checksum[:16], encoder=manifest["encoder_checksum"][:16], gpu=result.on_gpu)
         return result
 
+    def vectors(self) -> np.ndarray:
+        """The stored vectors, row by row (exact for flat-ip and hnsw; PQ codes decode approximately)."""
+        index = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
+        if self.kind == "ivfpq":
+            faiss.extract_index_ivf(index).make_direct_map()
+        return index.reconstruct_n(0, index.ntotal)
+
     # -- searching --------------------------------------------------------------------------------------
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:

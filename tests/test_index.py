@@ -14,9 +14,10 @@ from gateway.search import Hit, VectorIndex
 
 
 @pytest.fixture(scope="module")
-def subset_vectors(baseline_encoder, scifact_subset):
+def subset_vectors(small_index_dir, scifact_subset):
+    """The subset's vectors as the small index stores them (encoding 500 docs again would cost minutes)."""
     docs, _ = scifact_subset
-    return docs, baseline_encoder.encode([d.text for d in docs])
+    return docs, VectorIndex.load(small_index_dir).vectors()
 
 
 def test_small_index_manifest_and_self_retrieval(small_index_dir, baseline_encoder, scifact_subset):
