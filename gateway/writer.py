@@ -162,6 +162,7 @@ class EventWriter:
             "dropped": counts.get("dropped", 0),       # could not be kept: submit() returned False
             "batches": counts.get("batches", 0),
             "insert_errors": counts.get("insert_errors", 0),
+            "writer_errors": counts.get("writer_errors", 0),
             "queue_depth": depth,
             "backlog_bytes": self._spool.backlog_bytes(),
             "torn_records": self._spool.torn,
@@ -179,15 +180,23 @@ class EventWriter:
         except Exception as exc:
             self._store_failed(exc)
         while True:
-            batch, from_memory = self._next_batch()
-            if batch is None:
-                return
-            if batch:
-                if self._insert(batch, from_memory):
-                    delay = self.retry_initial
-                else:
-                    self._stop.wait(delay)  # back off; only stopping cuts it short
-                    delay = min(delay * 2, self.retry_max)
+            try:
+                batch, from_memory = self._next_batch()
+                if batch is None:
+                    return
+                ok = self._insert(batch, from_memory) if batch else True
+            except Exception as exc:  # e.g. the spool's disk failing: never let the thread die silently
+                log.exception("event writer error; retrying")
+                with self._lock:
+                    self._counts["writer_errors"] += 1
+                    self._memory_mode = False
+                self._last_error = f"writer error: {exc}"
+                ok = False
+            if ok:
+                delay = self.retry_initial
+            else:
+                self._stop.wait(delay)  # back off; only stopping cuts it short
+                delay = min(delay * 2, self.retry_max)
             if self.fsync_interval is not None and time.monotonic() - last_sync >= self.fsync_interval:
                 self._spool.sync()
                 last_sync = time.monotonic()
