@@ -148,6 +148,10 @@ def _verdict(experiment, data, srm: dict, primary_rows: list[dict], guardrails: 
         return {"status": "invalid", "winner": None, "headline": f"Unknown primary metric {primary!r}.",
                 "reasons": [f"Define {primary!r} under custom_metrics or use a built-in: "
                             f"{', '.join(m.BUILTIN_METRICS)}."]}
+    if data.metrics[primary].kind == "quantile":
+        return {"status": "invalid", "winner": None, "headline": f"{primary!r} cannot be the primary metric.",
+                "reasons": [f"{primary} is a per-arm quantile without a unit-level variance: use it as a guardrail "
+                            "and choose a rate or mean (e.g. ctr) as primary."]}
     if not data.arms:
         return {"status": "no_data", "winner": None, "headline": "No traffic yet.",
                 "reasons": ["No enrolled impressions in the experiment's window."]}

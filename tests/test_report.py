@@ -121,6 +121,8 @@ def test_unknown_metrics(client):
     report = report_of(client, "win", primary="revenue", secondary=("ctr", "made_up"))
     assert report["verdict"]["status"] == "invalid" and "revenue" in report["verdict"]["headline"]
     assert report["unknown_metrics"] == ["revenue", "made_up"]
+    quantile = report_of(client, "win", primary="latency_p95", secondary=())
+    assert quantile["verdict"]["status"] == "invalid" and "guardrail" in quantile["verdict"]["reasons"][0]
 
 
 def _offline_rows(client, arm_values: dict):
