@@ -110,14 +110,18 @@ def test_pending_events_survive_a_close_without_store(dsn, tmp_path):
         assert stored(client) == (50, 50, 50)
 
 
-def _abgate(*args: str, cwd=None):
-    import subprocess
-    import sys
-    from pathlib import Path
+def _abgate(*args: str):
+    """`abgate ARGS` in this process (the CLI's real entry point): (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
 
-    root = Path(__file__).resolve().parents[1]
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=cwd or root, capture_output=True,
-                          text=True, timeout=120)
+    from gateway import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_events_commands_show_what_was_logged(tmp_path):
