@@ -146,3 +146,31 @@ def test_no_traffic_gives_empty_results(client):
 def test_unknown_metric_is_reported():
     found, unknown = m.resolve_metrics(["ctr", "revenue_per_user", "ctr"])
     assert list(found) == ["ctr"] and unknown == ["revenue_per_user"]
+
+
+def test_custom_metric_errors_in_yaml_have_file_and_line(tmp_path):
+    import yaml
+
+    from experiments.loader import load_file
+
+    data = experiment_config("exp", days=DAYS)
+    data["custom_metrics"] = [{"name": "top3", "numerator": {"event": "click", "filters": [
+        {"field": "rank", "op": "<=", "value": 3}]}}]
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    experiment, errors = load_file(path)
+    assert experiment is None
+    (error,) = errors
+    assert error.field == "custom_metrics[0].numerator.filters[0].field" and "'rank' cannot filter" in error.message
+    assert error.line is not None and "rank" in path.read_text().splitlines()[error.line - 1]
+    data["custom_metrics"][0]["numerator"]["filters"][0]["field"] = "position"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    experiment, errors = load_file(path)
+    assert not errors and experiment.custom_metrics[0].name == "top3"
+
+
+def test_look_days_are_daily_then_sampled():
+    first = date(2026, 1, 1)
+    assert m.look_days(first, first + timedelta(days=2)) == [first + timedelta(days=d) for d in range(3)]
+    long = m.look_days(first, first + timedelta(days=400))
+    assert len(long) <= m.MAX_LOOKS and long[-1] == first + timedelta(days=400)
