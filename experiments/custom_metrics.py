@@ -32,7 +32,7 @@ from experiments.schema import Problem
 
 EVENTS = ("impression", "click", "dwell", "conversion")
 FEEDBACK_FIELDS = {"position": "position", "value": "value", "doc_id": "doc_id"}
-IMPRESSION_FIELDS = {"latency_ms": "latency_ms", "results": "length(doc_ids)",
+IMPRESSION_FIELDS = {"latency_ms": "latency_ms", "results": "doc_ids.size0",
                      "top_score": "if(length(scores) > 0, scores[1], 0)", "query": "query"}
 STRING_FIELDS = {"doc_id", "query"}
 OPS = {"=": "=", "==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "in": "IN", "not_in": "NOT IN"}

@@ -25,7 +25,8 @@ Custom metrics (experiments/custom_metrics.py) are ratios or per-unit means of f
 
 Only enrolled impressions inside the experiment's [start, end) window count; feedback counts when it belongs
 to one of them (joined by impression_id, so a forged or stray feedback event cannot inflate a metric).
-Duplicates from replays are removed by reading the `*_unique` views (FINAL), see gateway/schema.py.
+Duplicates from replays are removed by reading the tables with FINAL, as the `*_unique` views of
+gateway/schema.py do; naming the table itself lets ClickHouse read only the sizes of `doc_ids`, not the ids.
 The SQL itself is in experiments/metrics_sql.py.
 """
 

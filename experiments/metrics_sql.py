@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 
+from experiments.custom_metrics import FEEDBACK_FIELDS, IMPRESSION_FIELDS
 from experiments.metrics import ArmSummary, CumulativePoint, MetricDef
 from experiments.stats.statistics import RatioStatistic, SampleMean
 
@@ -34,9 +35,7 @@ UNIT_COLUMNS = {
     "zero_results": "i_results = 0",
 }
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CUSTOM_FIELDS = {"position": "position", "value": "value", "doc_id": "doc_id", "latency_ms": "latency_ms",
-                  "results": "length(doc_ids)", "top_score": "if(length(scores) > 0, scores[1], 0)",
-                  "query": "query"}
+_CUSTOM_FIELDS = FEEDBACK_FIELDS | IMPRESSION_FIELDS  # whitelisted in custom_metrics.py
 
 
 def _ts(value: datetime) -> str:
@@ -100,8 +99,8 @@ class MetricQueries:
         imp_cols = "".join(f", imp.{c.rsplit(' AS ', 1)[1]} AS {c.rsplit(' AS ', 1)[1]}" for c in self._imp_custom)
         return f"""
 imp AS (
-    SELECT impression_id, arm, unit_id, toDate(ts, 'UTC') AS day, length(doc_ids) AS i_results{imp_extra}
-    FROM {self.db}.impressions_unique
+    SELECT impression_id, arm, unit_id, toDate(ts, 'UTC') AS day, doc_ids.size0 AS i_results{imp_extra}
+    FROM {self.db}.impressions FINAL
     WHERE experiment = {{experiment:String}} AND enrolled {self.start_clause}
       AND ts < {{end:DateTime64(3, 'UTC')}}
 ),
@@ -111,7 +110,7 @@ fb AS (
            minIf(position, type = 'click') AS i_first_click,
            maxIf(value, type = 'dwell') AS i_max_dwell,
            countIf(type = 'conversion') AS i_conversions{fb_extra}
-    FROM {self.db}.feedback_unique
+    FROM {self.db}.feedback FINAL
     WHERE experiment = {{experiment:String}}
     GROUP BY impression_id
 ),
@@ -219,7 +218,7 @@ searches AS (
     def arm_summaries(self, client) -> dict[str, ArmSummary]:
         sql = (f"SELECT arm, uniqExact(unit_id), count(), quantileExact(0.95)(latency_ms), "
                f"groupUniqArray(encoder_checksum), groupUniqArray(index_checksum) "
-               f"FROM {self.db}.impressions_unique WHERE experiment = {{experiment:String}} AND enrolled "
+               f"FROM {self.db}.impressions FINAL WHERE experiment = {{experiment:String}} AND enrolled "
                f"{self.start_clause} AND ts < {{end:DateTime64(3, 'UTC')}} GROUP BY arm ORDER BY arm")
         return {row[0]: ArmSummary(row[0], int(row[1]), int(row[2]), float(row[3]) if row[2] else None,
                                    tuple(sorted(row[4])), tuple(sorted(row[5])))
