@@ -212,8 +212,10 @@ class EventWriter:
                 waited = time.monotonic() - self._oldest
                 if self._queue and (len(self._queue) >= self.min_batch or waited >= self.flush_interval
                                     or self._flush_requested):
-                    n = min(len(self._queue), self.batch_size)
-                    batch = [self._queue.popleft() for _ in range(n)]
+                    if len(self._queue) <= self.batch_size:  # take it all: O(1) under the lock
+                        batch, self._queue = self._queue, collections.deque()
+                    else:
+                        batch = [self._queue.popleft() for _ in range(self.batch_size)]
                     self._oldest = time.monotonic()
                     if not self._queue:
                         self._flush_requested = False
