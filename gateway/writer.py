@@ -202,7 +202,7 @@ class EventWriter:
                 last_sync = time.monotonic()
 
     def _next_batch(self) -> tuple[list | None, bool]:
-        """The next events to insert as (event, position) pairs; None to stop; [] for nothing yet."""
+        """The next spool records to insert as (record, position) pairs; None to stop; [] for nothing yet."""
         with self._lock:
             while True:
                 if self._stopping:
