@@ -1,7 +1,8 @@
 """`make demo`: the whole loop on SciFact, each step a subprocess of the `abgate` CLI.
 
     export baseline -> fine-tune -> export it -> index both -> evaluate both offline (into the store)
-    -> serve the demo experiments -> replay simulated users in stages, reading the report after each
+    -> volume study (`abgate simulate-volume`: the traffic the online test needs, which sets the stages)
+    -> serve the demo experiments -> replay simulated users in stages, reading the reports after each
     -> print the dashboard address and the verdicts
 
 Steps are cached: a step is skipped when its output is complete (the manifest each command writes last) and
@@ -9,7 +10,7 @@ consistent with its input (an encoder exported from these very model files, an i
 encoder), so a second run skips finished steps and a changed model rebuilds what depends on it. Ctrl-C stops the running step and the gateway cleanly (SIGINT, then
 SIGTERM/SIGKILL after a grace period) and exits 130. The orchestration of the traffic is in gateway/demo_run.py.
 
-    python -m gateway.demo --data DIR [--users N] [--stages ...] [--keep-serving] [--json]
+    python -m gateway.demo --data DIR [--stages N ...] [--keep-serving] [--json]
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SciFact in BEIR layout (default: $DATA or ../shared/data/scifact)")
     p.add_argument("--workdir", default=str(REPO), help="where artifacts/ and experiments/demo are")
     p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--stages", type=int, nargs="+", default=[400, 800, 1600, 3200],
-                   help="cumulative simulated users after which the report is read (whole layer: half go to "
-                        "the A/B test, half to the A/A test)")
+    p.add_argument("--stages", type=int, nargs="+", default=None,
+                   help="cumulative simulated users after which the reports are read (whole layer: half go to "
+                        "the A/B test, half to the A/A test); default: from the volume study, 1/2, 1 and 3/2 "
+                        "of the volume it finds for 80%% power")
     p.add_argument("--all-stages", action="store_true", help="go on after the A/B test has a verdict")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=16)
@@ -169,7 +171,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.demo_run import evaluate_offline, print_outcome, serve_and_simulate
+    from gateway.demo_run import evaluate_offline, plan_volume, print_outcome, serve_and_simulate
 
     work = Path(args.workdir).resolve()
     data = Path(args.data)
@@ -189,7 +191,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         build_arms(ctx, args.finetune_args.split())
         offline = evaluate_offline(ctx)
-        outcome = serve_and_simulate(ctx, args, offline)
+        plan = plan_volume(ctx)
+        if args.stages is None:
+            args.stages = plan["stages"]
+        outcome = serve_and_simulate(ctx, args, offline) | {"volume_study": plan}
     except KeyboardInterrupt:
         log("interrupted: steps in progress were stopped; finished steps are kept for the next run")
         return 130

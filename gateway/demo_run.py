@@ -73,6 +73,32 @@ def evaluate_offline(ctx: Context) -> dict:
     return results
 
 
+VOLUMES = (250, 500, 1000, 2000, 4000, 8000, 16000)   # users in one experiment, both arms
+
+
+def plan_volume(ctx: Context, reps: int = 200) -> dict:
+    """`abgate simulate-volume` on the offline rankings: the A/B power and the A/A false-positive rate per
+    volume, and from them the demo's stages. Cached in artifacts/demo/volume.json (keyed by the rankings)."""
+    folder = demo_dir(ctx)
+    files = {arm: folder / f"offline-{arm}.json" for arm in ARMS}
+    key = {arm: (_json(f) or {}).get("run_id") for arm, f in files.items()}
+    cached = _json(folder / "volume.json")
+    if cached and cached.get("key") == key:
+        log(f"volume study: done already (A/B needs {cached['ab']['users_needed']} users for 80% power)")
+        return cached
+    log(f"volume study: abgate simulate-volume ({reps} replications per volume)")
+    common = ["--data", str(ctx.data), "--reps", str(reps), "--users", *map(str, VOLUMES)]
+    ab = run_cli_json(ctx, "simulate-volume", str(files["baseline"]), str(files["finetuned"]), *common)
+    aa = run_cli_json(ctx, "simulate-volume", str(files["baseline"]), str(files["baseline"]), *common)
+    needed = ab["users_needed"] or VOLUMES[-1]
+    # Stages count users over the whole layer, twice the A/B experiment's share.
+    plan = {"key": key, "ab": ab, "aa": aa, "stages": [needed, 2 * needed, 3 * needed]}
+    (folder / "volume.json").write_text(json.dumps(plan, indent=2))
+    log(f"volume study: A/B needs {ab['users_needed']} users for 80% power; A/A false positives "
+        f"{max(p['wrong_sequential'] for p in aa['points']):.1%} at most; stages {plan['stages']}")
+    return plan
+
+
 class Gateway:
     """`abgate serve` on the demo experiments, logging to artifacts/demo/gateway.log."""
 
@@ -213,6 +239,13 @@ def print_outcome(result: dict, as_json: bool) -> None:
     for arm in ARMS:
         print(f"  offline {arm:<10} NDCG@10 {off[arm]['ndcg@10']:.4f}  Recall@100 {off[arm]['recall@100']:.4f}  "
               f"MRR@10 {off[arm]['mrr@10']:.4f}")
+    plan = result.get("volume_study")
+    if plan:
+        power = ", ".join(f"{p['users']}: {p['power_sequential']:.2f}" for p in plan["ab"]["points"])
+        print(f"Volume study (click model replayed over the offline rankings, {plan['ab']['points'][0]['reps']} "
+              f"runs per volume): sequential power by users in the A/B test: {power}")
+        print(f"  -> {plan['ab']['users_needed']} users for 80% power; A/A false-positive rate at most "
+              f"{max(p['wrong_sequential'] for p in plan['aa']['points']):.1%}")
     for s in result["stages"]:
         print(f"  after {s['users']:>6} users ({s['searches']} searches): A/B winner: "
               f"{s['verdicts'][AB]['winner'] or 'none yet'}; A/A winner: {s['verdicts'][AA]['winner'] or 'none'}")
