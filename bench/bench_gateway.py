@@ -42,19 +42,34 @@ def progress(message: str) -> None:
     print(f"bench_gateway: {message}", file=sys.stderr, flush=True)
 
 
-def find_artifacts(encoder: str | None, index: str | None) -> tuple[Path, Path]:
+def find_artifacts(encoder: str | None, index: str | None, data: Path, docs: int) -> tuple[Path, Path]:
+    """--encoder/--index; else artifacts/ or the test fixtures' cache; an index is built when only an encoder
+    exists (the first `docs` SciFact documents, into bench/results/, reused by later runs)."""
     if encoder and index:
         return Path(encoder).resolve(), Path(index).resolve()
-    candidates = [(REPO / "artifacts/encoders/baseline", REPO / "artifacts/indexes/baseline")]
-    enc = sorted((REPO / "tests/artifacts").glob("encoder-baseline-*"))
-    idx = sorted((REPO / "tests/artifacts").glob("index-small-[0-9a-f]*"))
-    if enc and idx:
-        candidates.append((enc[-1], idx[-1]))
-    for e, i in candidates:
-        if (e / "abgate-encoder.json").is_file() and (i / "abgate-index.json").is_file():
-            return e, i
-    raise SystemExit("bench_gateway: no encoder/index found: pass --encoder and --index, or build them with "
-                     "`abgate export-model` + `abgate build-index` into artifacts/, or run tests/test_app.py once")
+    encoders = [Path(encoder)] if encoder else [REPO / "artifacts/encoders/baseline",
+                                                *sorted((REPO / "tests/artifacts").glob("encoder-baseline-*"))]
+    indexes = [REPO / "artifacts/indexes/baseline", *sorted((REPO / "tests/artifacts").glob("index-small-[0-9a-f]*"))]
+    enc = next((e.resolve() for e in encoders if (e / "abgate-encoder.json").is_file()), None)
+    if enc is None:
+        raise SystemExit("bench_gateway: no encoder found: pass --encoder, or build one with `abgate export-model` "
+                         "into artifacts/encoders/baseline")
+    checksum = json.loads((enc / "abgate-encoder.json").read_text())["checksum"]
+    for i in indexes:
+        manifest = i / "abgate-index.json"
+        if manifest.is_file() and json.loads(manifest.read_text()).get("encoder_checksum") == checksum:
+            return enc, i.resolve()
+    target = HERE / "results" / f".index-{checksum[:12]}-{docs}"
+    if not (target / "abgate-index.json").is_file():
+        from exporters.build_index import build_index_from_documents
+        from exporters.corpus import read_corpus
+        from gateway.encoder import Encoder
+
+        progress(f"building a flat index over the first {docs} SciFact documents into {target}")
+        documents, _ = read_corpus(data)
+        build_index_from_documents(Encoder.load(enc, threads=1, device="cpu"), documents[:docs], target,
+                                   progress=False, overwrite=True)
+    return enc, target
 
 
 def read_queries(data: Path, n: int) -> list[str]:
@@ -187,13 +202,14 @@ def main() -> int:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--encoder")
     p.add_argument("--index")
+    p.add_argument("--docs", type=int, default=1000, help="documents in the index built when none is given")
     p.add_argument("--access-log", action="store_true", help="keep the gateway's per-request JSON log line")
     p.add_argument("--force", action="store_true", help="time even on a busy machine")
     p.add_argument("--label", default="", help="suffix for the figure names (gpu.sh uses it)")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     n = args.requests or (640 if args.quick else 3200)
-    encoder_dir, index_dir = find_artifacts(args.encoder, args.index)
+    encoder_dir, index_dir = find_artifacts(args.encoder, args.index, Path(args.data), args.docs)
     queries = read_queries(Path(args.data), n)
     idle = machine.wait_until_idle(force=args.force)
     before = machine.snapshot()
