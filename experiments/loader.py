@@ -132,7 +132,8 @@ def cross_check(experiments: list[Experiment]) -> list[InputError]:
     running = [e for e in experiments if e.status == "running"]
     for i, a in enumerate(running):
         for b in running[i + 1:]:
-            if a.layer == b.layer and a.layer_buckets[0] < b.layer_buckets[1] and b.layer_buckets[0] < a.layer_buckets[1]:
+            (a0, a1), (b0, b1) = a.layer_buckets, b.layer_buckets
+            if a.layer == b.layer and a0 < b1 and b0 < a1:
                 errors.append(InputError(
                     f"overlaps running experiment {a.name!r} ({a.source}) in layer {a.layer!r}: give each running "
                     "experiment of a layer a disjoint slice with layer_buckets: [start, end]",

@@ -90,14 +90,15 @@ class ExperimentState:
                                  f"{new[key]!r}: refused because {why}"))
         if old.get("layer_buckets") != new["layer_buckets"]:
             out.append(("layer_buckets", f"of running experiment {exp.name!r} changed from "
-                                         f"{old.get('layer_buckets')} to {new['layer_buckets']}: refused because {why}"))
+                                         f"{old.get('layer_buckets')} to {new['layer_buckets']}: "
+                                         f"refused because {why}"))
         if old.get("shares") != new["shares"]:
             out.append(("arms", f"weights of running experiment {exp.name!r} changed from shares "
                                 f"{old.get('shares')} to {new['shares']}: refused because {why}"))
         if new["allocation"] < old.get("allocation", 0):
             out.append(("allocation", f"of running experiment {exp.name!r} lowered from {old.get('allocation')} to "
-                                      f"{new['allocation']}: refused because it would drop enrolled units mid-analysis; "
-                                      "pass --force if that is intended"))
+                                      f"{new['allocation']}: refused because it would drop enrolled units "
+                                      "mid-analysis; pass --force if that is intended"))
         return out
 
     def record(self, experiments: list[Experiment], now: datetime | None = None) -> None:

@@ -7,7 +7,6 @@ import sys
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from scipy import stats
 
 from experiments.schema import Arm, Design, Experiment, Metrics

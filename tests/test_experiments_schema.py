@@ -34,7 +34,8 @@ def test_examples_are_valid():
 def test_wrong_values_point_at_their_line_and_field(tmp_path):
     text = (GOOD.replace("allocation: 1.0", "allocation: 1.5")
                 .replace("unit: user ", "unit: device")
-                .replace("weight: 50, encoder: artifacts/encoders/finetuned", "weight: -1, encoder: artifacts/encoders/finetuned"))
+                .replace("weight: 50, encoder: artifacts/encoders/finetuned",
+                         "weight: -1, encoder: artifacts/encoders/finetuned"))
     found = errors_for(tmp_path, text)
     lines = text.splitlines()
     by_field = {f: (line, msg) for line, f, msg in found}
