@@ -49,7 +49,7 @@ def _writer(settings: Settings):
     from gateway.writer import EventWriter
 
     dsn = settings.dsn or store.default_dsn()
-    return EventWriter(partial(store.connect, dsn), settings.spool_dir).start()
+    return EventWriter(partial(store.connect, dsn), settings.spool_dir, flush_interval=settings.events_flush_s).start()
 
 
 def _route_label(scope) -> str:

@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-events", dest="log_events", action="store_false", default=None,
                    help="do not log impressions and feedback (benchmarks only)")
     p.add_argument("--spool-dir")
+    p.add_argument("--events-flush-s", type=float, help="longest wait before events are inserted (default 1 s)")
     p.add_argument("--max-body-bytes", type=int)
     p.add_argument("--no-access-log", dest="access_log", action="store_false", default=None)
     p.add_argument("--log-level")
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 SETTING_FLAGS = ("experiments_dir", "layer", "artifacts_dir", "state_file", "default_encoder", "default_index",
                  "force", "host", "port", "device", "encoder_threads", "batch_workers", "max_batch", "max_wait_ms",
-                 "dsn", "log_events", "spool_dir", "max_body_bytes", "access_log", "log_level")
+                 "dsn", "log_events", "spool_dir", "events_flush_s", "max_body_bytes", "access_log", "log_level")
 
 
 def preflight(settings: Settings):

@@ -36,6 +36,7 @@ class Settings:
     log_events: bool = True
     dsn: str | None = None                # None: gateway.store.default_dsn()
     spool_dir: str = ".abgate/spool"
+    events_flush_s: float = 1.0           # longest an event waits before an insert: fewer, larger ClickHouse parts
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     impression_ttl_s: float = 3600.0
     impression_cache_size: int = 1_000_000
@@ -69,6 +70,8 @@ class Settings:
             raise bad("device", f"is {self.device!r}; use auto, cpu or cuda")
         if not 1024 <= self.max_body_bytes <= 16 * 1024 * 1024:
             raise bad("max_body_bytes", "must be between 1 KiB and 16 MiB")
+        if not 0.05 <= self.events_flush_s <= 60:
+            raise bad("events_flush_s", "must be between 0.05 and 60 seconds")
         if self.impression_ttl_s <= 0 or self.impression_cache_size < 1:
             raise bad("impression_ttl_s", "impression_ttl_s and impression_cache_size must be positive")
         if (self.default_encoder is None) != (self.default_index is None):
