@@ -103,6 +103,25 @@ def test_store_failing_part_way_then_back(tmp_path):
         assert stored(client, "impressions")[2] >= len(acked["impressions"])
 
 
+def test_engine_refusing_inserts_part_way_then_accepting(tmp_path):
+    """No fake at all: the real engine's "Too many parts" refusal, switched on and off with a table setting."""
+    dsn = f"chdb://{tmp_path}/store"
+    acked = {"impressions": set(), "feedback": set()}
+    writer = EventWriter(lambda: store.connect(dsn), tmp_path / "spool", min_batch=200, flush_interval=0.2,
+                         retry_initial=0.05, retry_max=0.2).start()
+    with store.connect(dsn) as admin:
+        submit_all(writer, 0, 1000, acked)
+        assert writer.flush(30)
+        admin.command("ALTER TABLE impressions MODIFY SETTING parts_to_throw_insert = 1")
+        submit_all(writer, 1000, 2000, acked)
+        wait_for(lambda: writer.stats()["insert_errors"] > 0, what="the refused inserts")
+        assert "Too many parts" in writer.stats()["last_error"]
+        admin.command("ALTER TABLE impressions RESET SETTING parts_to_throw_insert")
+        assert writer.flush(60)
+        writer.close()
+        assert_exactly_once(admin, acked)
+
+
 def test_unreachable_server_then_restored(tmp_path):
     target = {"dsn": "http://127.0.0.1:1/?database=abgate"}
     acked = {"impressions": set(), "feedback": set()}
