@@ -160,13 +160,12 @@ def collect(client, experiment, *, metrics: dict[str, MetricDef], database: str 
 
     window = analysis_window(experiment.start, experiment.end, now)
     query = metrics_sql.MetricQueries(database, experiment.name, window, dwell_threshold, metrics)
-    stats, daily, by_day = query.series(client)
-    arms = query.arm_summaries(client)
     metric = metrics.get(cumulative_metric) if cumulative_metric else None
+    stats, daily, by_day = query.series(client, metric)
+    arms = query.arm_summaries(client)
     cumulative: list[CumulativePoint] = []
-    if metric is not None and metric.kind != "quantile" and by_day:
+    if by_day:
         days = sorted(by_day)
-        cumulative = [CumulativePoint(day, by_day[day][metric.name]) for day in look_days(days[0], days[-1])
-                      if day in by_day]
+        cumulative = [CumulativePoint(day, by_day[day]) for day in look_days(days[0], days[-1]) if day in by_day]
     return ExperimentData(experiment.name, window, metrics, stats, arms, daily,
                           cumulative_metric if cumulative else None, cumulative)

@@ -4,13 +4,14 @@ One query computes every metric, at every daily look, from one scan of the event
 
     searches  one row per (deduplicated) enrolled impression in the window, with its feedback summed up
               (LEFT JOIN on impression_id: feedback that names no analysed impression is ignored)
-    unit_day  GROUP BY arm, unit_id, day: the UNIT_COLUMNS below (+ c{i}_num / c{i}_den of custom metrics)
-    units     per unit, day-sorted cumulative arrays of those columns; each metric evaluated on them
-    result    per (arm, day): what that day adds to n, sum m, sum m^2, sum d, sum d^2, sum m*d
+    units     GROUP BY arm, unit_id: the UNIT_COLUMNS below (+ c{i}_num / c{i}_den of custom metrics) summed
+              over the unit's impressions, and for the charted metric, day-sorted cumulative arrays of them
+    result    per (arm, day): active units and impressions, each metric's final sums over units, and what
+              that day adds to the charted metric's n, sum m, sum m^2, sum d, sum d^2, sum m*d
 
 Python sums the per-day changes: day L's running totals are exactly the sums a report run at the end of
-day L would get (the units seen so far, each with its events so far), and the last day's are the final
-analysis. So the sequential chart costs nothing extra, and the work is one row per (unit, active day).
+day L would get (the units seen so far, each with its events so far). So the sequential chart costs no
+second scan, and the array work is one row per (unit, active day) for one metric only.
 Values are passed as query parameters; identifiers come only from code (the database name is checked).
 """
 
@@ -126,60 +127,73 @@ searches AS (
         custom = [(c.rsplit(" AS ", 1)[1], c.rsplit(" AS ", 1)[0]) for c in self._unit_custom]
         return list(UNIT_COLUMNS.items()) + custom
 
-    def _series_sql(self, metrics: list[MetricDef]) -> tuple[str, list[list[int]]]:
-        """Per (arm, day): the change that day brings to each metric's per-arm sums, plus traffic counts.
+    def _series_sql(self, metrics: list[MetricDef], charted: MetricDef | None) -> tuple[str, list, list]:
+        """Per (arm, day): traffic, the change that day brings to the charted metric's per-arm sums, and each
+        metric's final per-unit sums (booked on the unit's first active day; only their total over days means
+        anything). Returns the SQL and, per metric, the column indexes of its final and cumulative sums.
 
-        Per unit, its impressions' values are kept as day-sorted cumulative arrays, cut at the last impression
-        of each active day; the metric is evaluated on them (m_k after k active days), and the unit adds
-        m_k - m_(k-1) to the sum, m_k^2 - m_(k-1)^2 to the sum of squares, ... on its k-th active day, and 1 to
-        n on its first. A prefix sum over days (in Python) gives the sums of any look, and the last look is the
-        final analysis: one GROUP BY unit over the impressions, then (unit, active day) rows only.
+        For the charted metric, each unit's values are kept as day-sorted cumulative arrays cut at the end
+        of each active day; the metric is evaluated on them (m_k after k active days), and on its k-th active
+        day the unit adds m_k - m_(k-1) to the sum, m_k^2 - m_(k-1)^2 to the sum of squares, ..., and 1 to n
+        on its first. Running totals over days (in Python) then give the sums of any daily look.
         """
         columns = self._unit_columns()
         names = [name for name, _ in columns]
-        cum = ", ".join(f"arrayFilter((v, e) -> e, arrayCumSum(arraySort((v, d) -> d, groupArray(toFloat64({expr})), "
-                        f"groupArray(day))), ends) AS c_{n}" for n, expr in columns)
-        # Metrics share expressions (six built-ins divide by `searches`): each array and each sum is built once.
-        arrays: dict[str, str] = {}   # SQL of a per-unit array -> its alias
-        sums: dict[str, int] = {}     # SQL of a per-(arm, day) sum -> its column index
-        layouts = []                  # per metric: indexes of its sums, in the statistic's field order
-
-        def array(expr: str) -> str:
-            if expr.strip() in names:  # a plain column: its cumulative array as it is
-                return f"c_{expr.strip()}"
-            used = [n for n in names if n in re.findall(r"[a-z_][a-z0-9_]*", expr)]
-            sql = f"arrayMap(({', '.join(used)}) -> toFloat64({expr}), {', '.join(f'c_{n}' for n in used)})"
-            return arrays.setdefault(sql, f"a{len(arrays)}")
+        sums: dict[str, int] = {}  # SQL of a per-(arm, day) sum -> its column index (shared sums built once)
 
         def total(sql: str) -> int:
             return sums.setdefault(sql, len(sums))
 
-        for metric in metrics:
-            m = array(metric.numerator)
-            layout = [total(f"sum({m}v - p{m}v)"), total(f"sum({m}v * {m}v - p{m}v * p{m}v)")]
-            if metric.kind == "ratio":
-                d = array(metric.denominator)
-                layout += [total(f"sum({d}v - p{d}v)"), total(f"sum({d}v * {d}v - p{d}v * p{d}v)"),
-                           total(f"sum({m}v * {d}v - p{m}v * p{d}v)")]
-            layouts.append(layout)
-        per_metric = [f"{sql} AS {alias}" for sql, alias in arrays.items()]
-        joined = sorted({a for sql in sums for a in re.findall(r"\b(c_\w+|a\d+)v\b", sql)})
-        joins = [j for alias in joined
-                 for j in (f"{alias} AS {alias}v", f"arrayPopBack(arrayPushFront({alias}, 0.)) AS p{alias}v")]
-        sums = list(sums)
+        def layout(m: str, d: str | None, first: str) -> list[int]:
+            """The five (or two) sums of a statistic; `first` (k = 1) books final values once per unit."""
+            if first:
+                cond = ", k = 1"
+                out = [total(f"sumIf({m}{cond})"), total(f"sumIf({m} * {m}{cond})")]
+                if d:
+                    out += [total(f"sumIf({d}{cond})"), total(f"sumIf({d} * {d}{cond})"),
+                            total(f"sumIf({m} * {d}{cond})")]
+                return out
+            out = [total(f"sum({m} - p{m})"), total(f"sum({m} * {m} - p{m} * p{m})")]
+            if d:
+                out += [total(f"sum({d} - p{d})"), total(f"sum({d} * {d} - p{d} * p{d})"),
+                        total(f"sum({m} * {d} - p{m} * p{d})")]
+            return out
+
+        scalars, finals = {}, []
+        for metric in metrics:  # final per-unit values: plain expressions over the unit's totals
+            m = scalars.setdefault(f"toFloat64({metric.numerator})", f"f{len(scalars)}")
+            d = scalars.setdefault(f"toFloat64({metric.denominator})", f"f{len(scalars)}") \
+                if metric.kind == "ratio" else None
+            finals.append(layout(m, d, "first"))
+        arrays, joins, charted_layout = [], [], []
+        if charted is not None:
+            used = [n for n in names if n in charted.columns]
+            lam = ", ".join(used)
+            cum = ", ".join(f"c_{n}" for n in used)
+            sides = [("cm", charted.numerator)] + ([("cd", charted.denominator)] if charted.kind == "ratio" else [])
+            for alias, expr in sides:
+                arrays.append(f"arrayMap(({lam}) -> toFloat64({expr}), {cum}) AS {alias}")
+                joins += [f"{alias} AS {alias}v", f"arrayPopBack(arrayPushFront({alias}, 0.)) AS p{alias}v"]
+            charted_layout = layout("cmv", "cdv" if charted.kind == "ratio" else None, "")
+        needed = {"searches"} | set(charted.columns if charted is not None else ())
+        cum_arrays = ", ".join(
+            f"arrayFilter((v, e) -> e, arrayCumSum(arraySort((v, d) -> d, groupArray(toFloat64({expr})), "
+            f"groupArray(day))), ends) AS c_{n}" for n, expr in columns if n in needed)
+        totals = ", ".join(f"sum(toFloat64({expr})) AS {n}" for n, expr in columns)
         sql = (f"WITH {self.searches_cte()},\n"
-                f"units AS (SELECT arm, arraySort(groupArray(day)) AS all_days, "
-                f"arrayMap(k -> k = length(all_days) OR all_days[k] != all_days[k + 1], arrayEnumerate(all_days)) AS ends, "
-                f"arrayFilter((v, e) -> e, all_days, ends) AS days, {cum} "
-                f"FROM searches GROUP BY arm, unit_id),\n"
-                f"steps AS (SELECT arm, days, arrayDifference(arrayPushFront(c_searches, 0.)) AS day_searches"
-                f"{''.join(', ' + p for p in per_metric)}{''.join(f', c_{n}' for n in names)} FROM units)\n"
-                f"SELECT day, arm, count() AS active_units, sum(day_imps) AS impressions, countIf(k = 1) AS new_units"
-                f"{''.join(', ' + x for x in sums)}\n"
-                f"FROM steps ARRAY JOIN days AS day, arrayPopFront(day_searches) AS day_imps, arrayEnumerate(days) AS k"
-                f"{''.join(', ' + j for j in joins)}\n"
-                f"GROUP BY day, arm ORDER BY day, arm")
-        return sql, layouts
+               f"units AS (SELECT arm, arraySort(groupArray(day)) AS all_days, arrayMap(k -> k = length(all_days) "
+               f"OR all_days[k] != all_days[k + 1], arrayEnumerate(all_days)) AS ends, "
+               f"arrayFilter((v, e) -> e, all_days, ends) AS days, {cum_arrays}, {totals} "
+               f"FROM searches GROUP BY arm, unit_id),\n"
+               f"steps AS (SELECT arm, days, arrayPopFront(arrayDifference(arrayPushFront(c_searches, 0.))) "
+               f"AS day_searches{''.join(', ' + a for a in arrays)}"
+               f"{''.join(f', {expr} AS {alias}' for expr, alias in scalars.items())} FROM units)\n"
+               f"SELECT day, arm, count() AS active_units, sum(day_imps) AS impressions, countIf(k = 1) AS new_units"
+               f"{''.join(', ' + x for x in sums)}\n"
+               f"FROM steps ARRAY JOIN days AS day, day_searches AS day_imps, arrayEnumerate(days) AS k"
+               f"{''.join(', ' + j for j in joins)}\n"
+               f"GROUP BY day, arm ORDER BY day, arm")
+        return sql, finals, charted_layout
 
     @staticmethod
     def _statistic(metric: MetricDef, n: int, values: list) -> RatioStatistic | SampleMean:
@@ -187,32 +201,33 @@ searches AS (
             return SampleMean(n, float(values[0]), float(values[1]))
         return RatioStatistic(n, *(float(v) for v in values))
 
-    def series(self, client) -> tuple[dict, list[dict], dict[date, dict]]:
-        """(final sums: metric -> arm -> statistic, daily traffic rows, day -> metric -> arm -> statistic).
-
-        The cumulative sums are kept for every day with traffic; the last day's are the final ones.
-        """
+    def series(self, client, charted: MetricDef | None = None) -> tuple[dict, list[dict], dict[date, dict]]:
+        """(final sums: metric -> arm -> statistic, daily traffic rows, day -> arm -> the charted metric's
+        statistic over the units and events up to the end of that day)."""
         metrics = list(self.metrics.values())
-        sql, layouts = self._series_sql(metrics) if metrics else ("", [])
-        rows = client.query(sql, parameters=self.params).result_rows if metrics else []
+        if charted is not None and charted.kind not in ("ratio", "mean"):
+            charted = None
+        if not metrics and charted is None:
+            return {}, [], {}
+        sql, finals, charted_layout = self._series_sql(metrics, charted)
         running: dict[str, list[float]] = {}
-        daily, by_day = [], {}
-        for row in rows:
-            day, arm, active, impressions, new_units, deltas = row[0], row[1], row[2], row[3], row[4], row[5:]
+        daily, cumulative = [], {}
+        for row in client.query(sql, parameters=self.params).result_rows:
+            day, arm, active, impressions, new_units, values = row[0], row[1], row[2], row[3], row[4], row[5:]
             daily.append({"day": day.isoformat(), "arm": arm, "units": int(active), "impressions": int(impressions)})
-            totals = running.setdefault(arm, [0.0] * (1 + len(deltas)))
+            totals = running.setdefault(arm, [0.0] * (1 + len(values)))
             totals[0] += new_units
-            for j, value in enumerate(deltas):
+            for j, value in enumerate(values):
                 totals[j + 1] += value
-            snapshot = {metric.name: self._statistic(metric, int(totals[0]), [totals[1 + j] for j in layout])
-                        for metric, layout in zip(metrics, layouts)}
-            by_day.setdefault(day, {})[arm] = snapshot
-        cumulative: dict[date, dict] = {}
-        current: dict[str, dict] = {}
-        for day in sorted(by_day):  # an arm without traffic on a day keeps its sums of the day before
-            current.update(by_day[day])
-            cumulative[day] = {m.name: {arm: stats[m.name] for arm, stats in current.items()} for m in metrics}
-        final = cumulative[max(cumulative)] if cumulative else {m.name: {} for m in metrics}
+            if charted is not None:
+                cumulative.setdefault(day, {})[arm] = self._statistic(
+                    charted, int(totals[0]), [totals[1 + j] for j in charted_layout])
+        final = {m.name: {arm: self._statistic(m, int(t[0]), [t[1 + j] for j in layout])
+                          for arm, t in running.items()} for m, layout in zip(metrics, finals)}
+        current: dict = {}
+        for day in sorted(cumulative):  # an arm without traffic on a day keeps its sums of the day before
+            current.update(cumulative[day])
+            cumulative[day] = dict(current)
         return final, daily, cumulative
 
     def arm_summaries(self, client) -> dict[str, ArmSummary]:
