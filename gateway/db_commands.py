@@ -13,7 +13,7 @@ from datetime import timezone
 
 from gateway import schema
 from gateway.errors import InputError
-from gateway.store import connect
+from gateway.store import StoreError, connect
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help=f"keep events this many days (default {schema.DEFAULT_TTL_DAYS}; 0 = forever)")
     migrate.add_argument("--sql", action="store_true", help="print the DDL instead of running it")
     migrate.add_argument("--json", action="store_true", help="print the result as JSON")
-    migrate.set_defaults(func=run_migrate)
+    migrate.set_defaults(func=_explained(run_migrate))
 
     ev = subparsers.add_parser("events", help="inspect the logged impressions and feedback")
     ev_sub = ev.add_subparsers(dest="events_command", metavar="ACTION", required=True)
@@ -40,8 +40,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         cmd.add_argument("--experiment", default=None, help="only this experiment")
         cmd.add_argument("--arm", default=None, help="only this arm")
         cmd.add_argument("--json", action="store_true", help="print the result as JSON")
-    count.set_defaults(func=run_count)
-    tail.set_defaults(func=run_tail)
+    count.set_defaults(func=_explained(run_count))
+    tail.set_defaults(func=_explained(run_tail))
+
+
+def _explained(command):
+    """Errors from the store become one `abgate: error:` line (exit 1), not a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        try:
+            return command(args)
+        except ClickHouseError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+            raise StoreError(f"the store refused the command: {first}", field="dsn") from exc
+    return run
 
 
 def _dsn(parser: argparse.ArgumentParser) -> None:

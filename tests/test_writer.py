@@ -179,5 +179,7 @@ def test_db_migrate_command(tmp_path):
     assert "ENGINE = Distributed(prod, abgate, impressions_local, cityHash64(unit_id))" in sql
     bad = _abgate("db", "migrate", "--dsn", "ftp://x")
     assert bad.returncode == 1 and "abgate: error: dsn:" in bad.stderr and "Traceback" not in bad.stderr
+    bad = _abgate("db", "migrate", "--dsn", dsn, "--cluster", "nowhere")  # the engine refuses: one line
+    assert bad.returncode == 1 and "cluster 'nowhere' not found" in bad.stderr
     bad = _abgate("db", "migrate", "--dsn", dsn, "--ttl-days", "-1")
     assert bad.returncode == 2 and "--ttl-days" in bad.stderr
