@@ -90,3 +90,32 @@ def test_build_rejects_bad_input(subset_vectors):
     index = VectorIndex.build(vectors[:2], ["a", "b"], [{}, {}], encoder_checksum="e")
     with pytest.raises(InputError, match="dimensions"):
         index.search(np.zeros((1, 10), dtype=np.float32), 1)
+
+
+def test_cli_build_index_malformed_and_empty_corpora(baseline_encoder_dir, tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"id": "a", "text": "Aspirin and colorectal cancer."}\n{"id": "b", "text": \n'
+                      '{"id": "c", "text": "Statins in older adults.", "metadata": {"year": 2020}}\n')
+    out = tmp_path / "ix"
+    code = main(["build-index", str(baseline_encoder_dir), str(corpus), str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith(f"abgate: error: {corpus}:2: the line is not valid JSON")
+    assert not out.exists()
+
+    code = main(["build-index", str(baseline_encoder_dir), str(corpus), str(out), "--skip-bad", "--kind", "hnsw",
+                 "--param", "M=8", "--json"])
+    captured = capsys.readouterr()
+    manifest = json.loads(captured.out)
+    assert code == 0 and f"{corpus}:2: skipped" in captured.err
+    assert manifest["count"] == 2 and manifest["corpus"]["skipped"] == 1 and manifest["corpus"]["lines"] == [2]
+    assert manifest["kind"] == "hnsw" and manifest["params"]["M"] == 8
+    index = VectorIndex.load(out)
+    assert index.doc_ids == ["a", "c"] and index.metadata[1] == {"year": 2020}
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["build-index", str(baseline_encoder_dir), str(empty), str(tmp_path / "ix2")]) == 2
+    assert "the corpus holds no usable documents; it is empty." in capsys.readouterr().err
+    assert main(["build-index", str(baseline_encoder_dir), str(corpus), str(tmp_path / "ix3"),
+                 "--param", "M"]) == 2
+    assert "--param takes KEY=VALUE" in capsys.readouterr().err
