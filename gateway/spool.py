@@ -127,10 +127,15 @@ class Spool:
 
     def sync(self) -> None:
         """fsync the active segment (kill -9 needs no fsync; a power cut does)."""
-        with self._lock:
-            if self._fd is not None and self._dirty:
-                os.fsync(self._fd)
-                self._dirty = False
+        with self._lock:  # fsync outside the lock: appends (the request path) must not wait for the disk
+            if self._fd is None or not self._dirty:
+                return
+            fd = os.dup(self._fd)
+            self._dirty = False
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     # -- reading and committing -------------------------------------------------------------------------
     def read(self, start: Position, *, end: Position | None = None, max_records: int = 10_000,
