@@ -20,7 +20,7 @@ from gateway.search import VectorIndex
 
 
 class Progress:
-    """`encoded 1,024/5,183 docs (212/s)` on stderr, at most about once a second."""
+    """`encoded docs 1,024/5,183 (212/s)` on stderr."""
 
     def __init__(self, label: str, stream=sys.stderr, enabled: bool = True) -> None:
         self.label, self.stream, self.enabled = label, stream, enabled
@@ -28,11 +28,13 @@ class Progress:
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
-        if not self.enabled or (now - self.last < 1.0 and done < total):
+        # A terminal gets one line rewritten in place each second; a log file a new line every 10 seconds.
+        tty = self.stream.isatty()
+        if not self.enabled or (now - self.last < (1.0 if tty else 10.0) and done < total):
             return
         self.last = now
         rate = done / max(now - self.start, 1e-9)
-        end = "\n" if done >= total else "\r"
+        end = "\r" if tty and done < total else "\n"
         print(f"abgate: {self.label} {done:,}/{total:,} ({rate:,.0f}/s)", end=end, file=self.stream, flush=True)
 
 
