@@ -25,8 +25,10 @@ Custom metrics (experiments/custom_metrics.py) are ratios or per-unit means of f
 
 Only enrolled impressions inside the experiment's [start, end) window count; feedback counts when it belongs
 to one of them (joined by impression_id, so a forged or stray feedback event cannot inflate a metric).
-Duplicates from replays are removed by reading the tables with FINAL, as the `*_unique` views of
-gateway/schema.py do; naming the table itself lets ClickHouse read only the sizes of `doc_ids`, not the ids.
+Duplicates from replays never count twice: impressions are read with FINAL (as the `*_unique` views of
+gateway/schema.py do; naming the table lets ClickHouse read only the sizes of `doc_ids`), and feedback is
+aggregated per impression by distinct ids (distinct clicked documents, distinct conversion event ids, the
+maximum dwell), which a replayed copy cannot change, so the feedback table needs no FINAL.
 The SQL itself is in experiments/metrics_sql.py.
 """
 
@@ -161,8 +163,8 @@ def collect(client, experiment, *, metrics: dict[str, MetricDef], database: str 
     window = analysis_window(experiment.start, experiment.end, now)
     query = metrics_sql.MetricQueries(database, experiment.name, window, dwell_threshold, metrics)
     metric = metrics.get(cumulative_metric) if cumulative_metric else None
-    stats, daily, by_day = query.series(client, metric)
-    arms = query.arm_summaries(client)
+    stats, daily, by_day, traffic = query.series(client, metric)
+    arms = query.arm_summaries(client, traffic)
     cumulative: list[CumulativePoint] = []
     if by_day:
         days = sorted(by_day)

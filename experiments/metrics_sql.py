@@ -86,8 +86,9 @@ class MetricQueries:
                 if event.event == "impression":
                     value = "toFloat64(latency_ms)" if event.aggregate == "sum" else "1"
                     imp.append(f"if({cond}, {value}, 0) AS i_{column}")
-                else:
-                    agg = f"sumIf(value, {cond})" if event.aggregate == "sum" else f"countIf({cond})"
+                else:  # counted by distinct event id, summed over distinct events: replayed copies count once
+                    agg = (f"arraySum(e -> e.2, groupUniqArrayIf((event_id, value), {cond}))"
+                           if event.aggregate == "sum" else f"uniqExactIf(event_id, {cond})")
                     fb.append(f"toFloat64({agg}) AS i_{column}")
                 unit.append(f"i_{column} AS {column}")
         return imp, fb, unit
@@ -110,8 +111,8 @@ fb AS (
            uniqExactIf(doc_id, type = 'click') AS i_clicks,
            minIf(position, type = 'click') AS i_first_click,
            maxIf(value, type = 'dwell') AS i_max_dwell,
-           countIf(type = 'conversion') AS i_conversions{fb_extra}
-    FROM {self.db}.feedback FINAL
+           uniqExactIf(event_id, type = 'conversion') AS i_conversions{fb_extra}
+    FROM {self.db}.feedback
     WHERE experiment = {{experiment:String}}
     GROUP BY impression_id
 ),
@@ -201,22 +202,22 @@ searches AS (
             return SampleMean(n, float(values[0]), float(values[1]))
         return RatioStatistic(n, *(float(v) for v in values))
 
-    def series(self, client, charted: MetricDef | None = None) -> tuple[dict, list[dict], dict[date, dict]]:
+    def series(self, client, charted: MetricDef | None = None) -> tuple[dict, list[dict], dict[date, dict], dict]:
         """(final sums: metric -> arm -> statistic, daily traffic rows, day -> arm -> the charted metric's
-        statistic over the units and events up to the end of that day)."""
+        statistic over the units and events up to the end of that day, arm -> (units, impressions))."""
         metrics = list(self.metrics.values())
         if charted is not None and charted.kind not in ("ratio", "mean"):
             charted = None
-        if not metrics and charted is None:
-            return {}, [], {}
         sql, finals, charted_layout = self._series_sql(metrics, charted)
         running: dict[str, list[float]] = {}
-        daily, cumulative = [], {}
+        daily, cumulative, traffic = [], {}, {}
         for row in client.query(sql, parameters=self.params).result_rows:
             day, arm, active, impressions, new_units, values = row[0], row[1], row[2], row[3], row[4], row[5:]
             daily.append({"day": day.isoformat(), "arm": arm, "units": int(active), "impressions": int(impressions)})
             totals = running.setdefault(arm, [0.0] * (1 + len(values)))
             totals[0] += new_units
+            units, seen = traffic.get(arm, (0, 0))
+            traffic[arm] = (units + int(new_units), seen + int(impressions))
             for j, value in enumerate(values):
                 totals[j + 1] += value
             if charted is not None:
@@ -228,13 +229,17 @@ searches AS (
         for day in sorted(cumulative):  # an arm without traffic on a day keeps its sums of the day before
             current.update(cumulative[day])
             cumulative[day] = dict(current)
-        return final, daily, cumulative
+        return final, daily, cumulative, traffic
 
-    def arm_summaries(self, client) -> dict[str, ArmSummary]:
-        sql = (f"SELECT arm, uniqExact(unit_id), count(), quantileExact(0.95)(latency_ms), "
-               f"groupUniqArray(encoder_checksum), groupUniqArray(index_checksum) "
+    def arm_summaries(self, client, traffic: dict[str, tuple[int, int]]) -> dict[str, ArmSummary]:
+        """Latency p95 (exact, over deduplicated impressions) and served checksums per arm; units and
+        impressions come from `series`."""
+        sql = (f"SELECT arm, quantileExact(0.95)(latency_ms), groupUniqArray(encoder_checksum), "
+               f"groupUniqArray(index_checksum) "
                f"FROM {self.db}.impressions FINAL WHERE experiment = {{experiment:String}} AND enrolled "
                f"{self.start_clause} AND ts < {{end:DateTime64(3, 'UTC')}} GROUP BY arm ORDER BY arm")
-        return {row[0]: ArmSummary(row[0], int(row[1]), int(row[2]), float(row[3]) if row[2] else None,
-                                   tuple(sorted(row[4])), tuple(sorted(row[5])))
-                for row in client.query(sql, parameters=self.params).result_rows}
+        out = {}
+        for arm, p95, encoders, indexes in client.query(sql, parameters=self.params).result_rows:
+            units, impressions = traffic.get(arm, (0, 0))
+            out[arm] = ArmSummary(arm, units, impressions, float(p95), tuple(sorted(encoders)), tuple(sorted(indexes)))
+        return out

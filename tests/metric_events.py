@@ -82,6 +82,8 @@ def generate(experiment: str = "exp", arms: dict[str, float] | None = None, *, u
                 if rng.random() < 0.1:
                     log.feedback.append(Feedback(_id(rng), imp.impression_id, ts + timedelta(seconds=90),
                                                  experiment, arm, unit, "conversion", f"d{pos - 1}", pos, 9.5))
+                if noise and rng.random() < 0.05:  # a replayed dwell or conversion must count once
+                    log.duplicates.append(log.feedback[-1])
     if noise:
         stray = log.impressions[0]
         outside = [
@@ -149,7 +151,7 @@ def reference(log: EventLog, experiment: str, start: datetime, end: datetime, dw
         out["clicks_per_search"][arm] = (n, x.sum(), (x * x).sum())
         c = col("conversions")
         out["conversions"][arm] = (n, c.sum(), (c * c).sum())
-    lat = {arm: np.array([i.latency_ms for i in imps.values() if i.arm == arm], dtype=np.float32) for arm in arms}
+    lat = {arm: np.array([i.latency_ms for i in imps.values() if i.arm == arm], dtype=np.float64) for arm in arms}
     return {"metrics": out, "units": {arm: sum(1 for a, _ in units if a == arm) for arm in arms},
             "impressions": {arm: sum(1 for i in imps.values() if i.arm == arm) for arm in arms},
             "latency_p95": {arm: lat[arm] for arm in arms}}
