@@ -90,12 +90,13 @@ class EvalResult:
     per_query: dict[str, dict[str, float]]
     rankings: dict[str, list[tuple[str, float]]]
     seconds: float
+    dropped_judgments: int = 0  # with ignore_unknown_docs: judgments naming documents the index lacks
 
     def to_json(self, per_query: bool = True) -> dict:
         out = {"run_id": self.run_id, "ts": self.ts.isoformat(), "encoder_checksum": self.encoder_checksum,
                "index_checksum": self.index_checksum, "label": self.label, "dataset": self.dataset,
                "split": self.split, "queries": self.queries, "metrics": self.metrics,
-               "seconds": round(self.seconds, 2)}
+               "seconds": round(self.seconds, 2), "dropped_judgments": self.dropped_judgments}
         if per_query:
             out["per_query"] = {q: {**m, "top": [d for d, _ in self.rankings.get(q, [])[:10]]}
                                 for q, m in self.per_query.items()}
@@ -141,6 +142,7 @@ def evaluate(encoder: Encoder, index: VectorIndex, data_dir: str | Path, *, spli
         wanted = set(query_ids)
         qrels = Qrels(qrels.path, {q: j for q, j in qrels.judgments.items() if q in wanted},
                       {key: line for key, line in qrels.lines.items() if key[0] in wanted})
+    dropped = 0
     if ignore_unknown_docs:
         qrels, dropped = drop_unknown_docs(qrels, index)
     check_qrels(qrels, queries, index)
@@ -158,7 +160,7 @@ def evaluate(encoder: Encoder, index: VectorIndex, data_dir: str | Path, *, spli
     return EvalResult(run_id=uuid.uuid4().hex, ts=datetime.now(timezone.utc), encoder_checksum=encoder.checksum,
                       index_checksum=index.checksum, label=label, dataset=data_dir.name, split=split,
                       queries=len(per_query), metrics=means, per_query=per_query, rankings=rankings,
-                      seconds=time.monotonic() - started)
+                      seconds=time.monotonic() - started, dropped_judgments=dropped)
 
 
 def store_result(client, result: EvalResult) -> dict:

@@ -177,6 +177,12 @@ def _write_tokenizer(src: Path, out: Path, max_length: int) -> None:
     tokenizer.save(str(out / TOKENIZER_FILE))
 
 
+def _pad_token(src: Path) -> str:
+    config = src / "tokenizer_config.json"
+    pad = json.loads(config.read_text()).get("pad_token") if config.is_file() else None
+    return pad if isinstance(pad, str) else "[PAD]"  # some configs hold an AddedToken dict; BERT's is [PAD]
+
+
 def torch_reference(src: Path, texts: list[str], threads: int, max_length: int) -> np.ndarray:
     """Embeddings from the PyTorch model through sentence-transformers itself: the ground truth."""
     import torch
@@ -230,12 +236,9 @@ def export_model(src: str | Path, out: str | Path, *, precision: str = "fp32", p
             progress(f"quantising to {precision}" + (" (per-channel)" if precision == "int8" and per_channel else ""))
         _quantize(fp32, precision, stage / MODEL_FILE, per_channel)
         _write_tokenizer(src, stage, settings["max_length"])
-        pad = "[PAD]"
-        cfg = json.loads((src / "tokenizer_config.json").read_text()) if (src / "tokenizer_config.json").is_file() else {}
-        pad = cfg.get("pad_token", pad) if isinstance(cfg.get("pad_token", pad), str) else pad
         manifest = {
             "format": 1, "checksum": encoder_checksum(stage), "dimension": None, **settings,
-            "precision": precision, "opset": OPSET, "pad_token": pad,
+            "precision": precision, "opset": OPSET, "pad_token": _pad_token(src),
             "quantization": ({"method": "dynamic", "weight_type": "int8", "per_channel": per_channel}
                              if precision == "int8" else None),
             "source": {"path": str(src), "checksum": source_checksum(src)},

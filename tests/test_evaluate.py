@@ -59,6 +59,7 @@ def test_cli_stores_run_in_clickhouse(baseline_encoder_dir, small_index_dir, sci
                  "--output", str(tmp_path / "result.json")])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["stored"]["offline_eval"] == 6
+    assert out["dropped_judgments"] > 0 and out["label"] == "baseline"
     assert set(out["metrics"]) == {"ndcg@5", "ndcg@10", "recall@5", "recall@100", "mrr@5", "mrr@10"}
     saved = json.loads((tmp_path / "result.json").read_text())
     assert len(saved["per_query"]) == out["queries"] > 0
