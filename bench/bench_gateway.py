@@ -115,7 +115,8 @@ design: {{mde: 0.02}}
 """)
 
 
-def start_server(workdir: Path, experiments: Path, events: bool, threads: int, device: str, access_log: bool):
+def start_server(workdir: Path, experiments: Path, events: bool, threads: int, device: str, access_log: bool,
+                 max_wait_ms: float | None):
     import httpx
 
     with socket.socket() as s:
@@ -126,6 +127,7 @@ def start_server(workdir: Path, experiments: Path, events: bool, threads: int, d
             "--spool-dir", str(workdir / "spool"), "--encoder-threads", str(threads), "--device", device]
     args += [] if events else ["--no-events"]
     args += [] if access_log else ["--no-access-log"]
+    args += [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
     log = open(workdir / f"server-{'events' if events else 'noevents'}.log", "w")
     proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": str(max(threads, 1))})
@@ -172,9 +174,9 @@ async def drive(url: str, queries: list[str]) -> dict:
             "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, "failures": failures}
 
 
-def run_gateway(workdir: Path, experiments: Path, queries: list[str], events: bool, threads: int, device: str,
-                access_log: bool) -> dict:
-    proc, url = start_server(workdir, experiments, events, threads, device, access_log)
+def run_gateway(workdir: Path, experiments: Path, queries: list[str], events: bool, args) -> dict:
+    proc, url = start_server(workdir, experiments, events, args.threads, args.device, args.access_log,
+                             args.max_wait_ms)
     try:
         result = asyncio.run(drive(url, queries))
         import httpx
@@ -203,6 +205,7 @@ def main() -> int:
     p.add_argument("--encoder")
     p.add_argument("--index")
     p.add_argument("--docs", type=int, default=1000, help="documents in the index built when none is given")
+    p.add_argument("--max-wait-ms", type=float, default=None, help="the gateway's micro-batch wait (default 2)")
     p.add_argument("--access-log", action="store_true", help="keep the gateway's per-request JSON log line")
     p.add_argument("--force", action="store_true", help="time even on a busy machine")
     p.add_argument("--label", default="", help="suffix for the figure names (gpu.sh uses it)")
@@ -219,10 +222,9 @@ def main() -> int:
         workdir = Path(tmp)
         write_experiment(workdir / "experiments", encoder_dir, index_dir)
         progress(f"gateway, events on: {n} requests, {CONCURRENCY} in flight")
-        on = run_gateway(workdir, workdir / "experiments", queries, True, args.threads, args.device, args.access_log)
+        on = run_gateway(workdir, workdir / "experiments", queries, True, args)
         progress(f"gateway, events off: {n} requests, {CONCURRENCY} in flight")
-        off = run_gateway(workdir, workdir / "experiments", queries, False, args.threads, args.device,
-                          args.access_log)
+        off = run_gateway(workdir, workdir / "experiments", queries, False, args)
     progress("reference again")
     ref2 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
     after = machine.snapshot()

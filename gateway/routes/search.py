@@ -6,6 +6,7 @@ import time
 
 from litestar import Controller, Request, post
 
+from gateway.batcher import BatcherClosed
 from gateway.errors import InputError
 from gateway.events import Feedback, Impression, new_event_id, utcnow
 from gateway.impressions import ImpressionExpired, ImpressionNotFound
@@ -27,7 +28,10 @@ class SearchController(Controller):
         arm = assignment.arm
         k = data.k or arm.top_k
         k_search = max(k * FILTER_OVERSAMPLE, 100) if data.filters else k
-        hits = await arm_rt.batcher.search(data.query, arm_rt.index, k_search)
+        try:
+            hits = await arm_rt.batcher.search(data.query, arm_rt.index, k_search)
+        except BatcherClosed:  # only if a reload unloaded this arm between routing and queueing: retry is safe
+            raise ApiError(503, "the experiments were reloaded while this request was routed; retry it") from None
         if data.filters:
             hits = [h for h in hits if all(h.metadata.get(f) == v for f, v in data.filters.items())]
         if arm.score_threshold is not None:
