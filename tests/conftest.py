@@ -164,7 +164,7 @@ def hnsw_index_dir(small_index_dir: Path, baseline_encoder) -> Path:
         VectorIndex.build(vectors, flat.doc_ids, flat.metadata, encoder_checksum=flat.encoder_checksum,
                           kind="hnsw", corpus=flat.manifest.get("corpus")).save(target)
 
-    return _cached("index-small-hnsw", key, build)
+    return _cached("hnsw-small", key, build)  # not "index-small-*": that fixture clears its stale folders by glob
 
 
 def write_two_arm_experiment(folder: Path, encoder_dir: Path, flat_dir: Path, hnsw_dir: Path, **fields) -> Path:
