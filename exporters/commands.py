@@ -83,6 +83,8 @@ def _register_export(sub) -> None:
                    "(default: $ABGATE_DATA, $DATA or ../shared/data/scifact)")
     p.add_argument("--sample-size", type=int, default=256, help="texts in the parity sample (default 256)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for ONNX Runtime and torch")
+    p.add_argument("--optimize", action="store_true", help="apply ONNX Runtime's transformer fusions "
+                   "(Attention, SkipLayerNorm, BiasGelu); parity is checked the same way")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=_export_command)
@@ -102,7 +104,8 @@ def _export_command(args) -> int:
         raise InputError("--sample-size must be at least 2.", field="sample-size")
     manifest = export_model(args.src, args.out, precision=precision, per_channel=not args.no_per_channel,
                             thresholds=thresholds, data_dir=Path(args.data), sample_size=args.sample_size,
-                            threads=args.threads, overwrite=args.overwrite, progress=stderr_progress)
+                            threads=args.threads, overwrite=args.overwrite, optimize=args.optimize,
+                            progress=stderr_progress)
     par = manifest["parity"]
     k = par["neighbour_k"]
     _emit(args, {"out": str(Path(args.out).resolve()), **manifest}, [

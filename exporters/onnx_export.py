@@ -148,6 +148,19 @@ def _export_fp32(src: Path, work: Path) -> Path:
     return raw / MODEL_FILE
 
 
+def _fuse(model: Path, config: Path) -> Path:
+    """ONNX Runtime's transformer fusions (Attention, SkipLayerNorm, BiasGelu): fewer, bigger kernels. The
+    graph then needs onnxruntime (CPU or CUDA) to run, which is what serves it anyway."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    model_type = json.loads(config.read_text()).get("model_type", "bert")
+    fused = optimize_model(str(model), model_type=model_type if model_type in ("bert", "roberta") else "bert",
+                           num_heads=0, hidden_size=0, opt_level=1)
+    out = model.with_name("model-fused.onnx")
+    fused.save_model_to_file(str(out))
+    return out
+
+
 def _quantize(model: Path, precision: str, out: Path, per_channel: bool) -> None:
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -214,7 +227,7 @@ def parity(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict:
 
 def export_model(src: str | Path, out: str | Path, *, precision: str = "fp32", per_channel: bool = True,
                  thresholds: Thresholds | None = None, data_dir: Path | None = None, sample_size: int = 256,
-                 threads: int = 1, overwrite: bool = False, progress=print) -> dict:
+                 threads: int = 1, overwrite: bool = False, optimize: bool = False, progress=print) -> dict:
     """Exports, checks parity, and returns the manifest. Raises InputError / ArtifactError with the reason."""
     src, out = Path(src).resolve(), Path(out).resolve()
     if precision not in DEFAULT_THRESHOLDS:
@@ -232,13 +245,16 @@ def export_model(src: str | Path, out: str | Path, *, precision: str = "fp32", p
         stage.mkdir()
         progress(f"exporting {src.name} to ONNX (opset {OPSET}) ...")
         fp32 = _export_fp32(src, work)
+        if optimize:
+            progress("fusing transformer operators (onnxruntime.transformers) ...")
+            fp32 = _fuse(fp32, src / "config.json")
         if precision != "fp32":
             progress(f"quantising to {precision}" + (" (per-channel)" if precision == "int8" and per_channel else ""))
         _quantize(fp32, precision, stage / MODEL_FILE, per_channel)
         _write_tokenizer(src, stage, settings["max_length"])
         manifest = {
             "format": 1, "checksum": encoder_checksum(stage), "dimension": None, **settings,
-            "precision": precision, "opset": OPSET, "pad_token": _pad_token(src),
+            "precision": precision, "opset": OPSET, "pad_token": _pad_token(src), "fused": optimize,
             "quantization": ({"method": "dynamic", "weight_type": "int8", "per_channel": per_channel}
                              if precision == "int8" else None),
             "source": {"path": str(src), "checksum": source_checksum(src)},
