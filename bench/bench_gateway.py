@@ -195,6 +195,14 @@ def run_gateway(workdir: Path, experiments: Path, queries: list[str], events: bo
     return result
 
 
+def merge(runs: list[dict]) -> dict:
+    """Two measurements of equal size: throughput as total requests over total time, latencies averaged."""
+    seconds = sum(1 / r["rps"] for r in runs)
+    return {"rps": len(runs) / seconds, "p50_ms": statistics.mean(r["p50_ms"] for r in runs),
+            "p99_ms": max(r["p99_ms"] for r in runs), "failures": sum(r["failures"] for r in runs),
+            "mean_batch": statistics.mean(r["mean_batch"] for r in runs)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(REPO.parent / "shared/data/scifact"))
@@ -221,10 +229,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="abgate-bench-") as tmp:
         workdir = Path(tmp)
         write_experiment(workdir / "experiments", encoder_dir, index_dir)
-        progress(f"gateway, events on: {n} requests, {CONCURRENCY} in flight")
-        on = run_gateway(workdir, workdir / "experiments", queries, True, args)
-        progress(f"gateway, events off: {n} requests, {CONCURRENCY} in flight")
-        off = run_gateway(workdir, workdir / "experiments", queries, False, args)
+        # Interleaved halves (on, off, off, on): a machine whose load drifts during the run biases neither side.
+        halves = {True: [], False: []}
+        for events in (True, False, False, True):
+            part = queries[: n // 2] if not halves[events] else queries[n // 2:]
+            progress(f"gateway, events {'on' if events else 'off'}: {len(part)} requests, {CONCURRENCY} in flight")
+            halves[events].append(run_gateway(workdir, workdir / "experiments", part, events, args))
+        on, off = merge(halves[True]), merge(halves[False])
     progress("reference again")
     ref2 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
     after = machine.snapshot()
