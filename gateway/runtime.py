@@ -186,8 +186,11 @@ class Runtime:
         self.executor.shutdown(wait=True)
 
     def experiment_status(self, exp: Experiment, now: datetime | None = None) -> str:
-        return self.serving.assigner.status(exp, now or datetime.now(timezone.utc)) if exp.layer == \
-            self.settings.layer else exp.serving_status(now or datetime.now(timezone.utc))
+        """draft | running | stopped as served now (start/end window; admin stops apply to this layer)."""
+        now = now or datetime.now(timezone.utc)
+        if exp.layer == self.settings.layer:
+            return self.serving.assigner.status(exp, now)
+        return exp.serving_status(now)
 
     def describe_artifacts(self) -> dict:
         return {"encoders": {str(Path(k[0]).name) + (f"@{k[1]}" if k[1] else ""): e.checksum[:16]
