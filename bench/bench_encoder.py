@@ -3,7 +3,8 @@
 One run, one thread for every engine (a serving process runs one encode per request thread), measures texts/s
 at batch 1 and batch 32 of:
 - torch: sentence-transformers on the source model (the reference every ratio is against);
-- onnx fp32: `gateway.encoder.Encoder` on the exported baseline;
+- onnx fp32: `gateway.encoder.Encoder` on the exported baseline (its default per-inference token cap), and
+  onnx-uncapped: the same without the cap (plain batches of 32);
 - onnx int8: the int8 dynamic-quantised export, with its parity against torch on the same texts
   (mean / min cosine, top-10 neighbour overlap within the sample).
 
@@ -84,6 +85,8 @@ def main() -> int:
     texts = bench_texts(data, n)
     fp32 = Encoder.load(ensure_encoder(Path(args.encoder), src, data, "fp32"), threads=1, device="cpu")
     int8 = Encoder.load(ensure_encoder(Path(args.int8), src, data, "int8"), threads=1, device="cpu")
+    # The same fp32 model without the runtime's per-inference token cap: what plain batching of 32 gives.
+    uncapped = Encoder.load(Path(args.encoder), threads=1, device="cpu", max_batch_tokens=None)
     st = SentenceTransformer(str(src), device="cpu", local_files_only=True)
     st.max_seq_length = fp32.manifest["max_length"]
 
@@ -91,6 +94,7 @@ def main() -> int:
         "torch": lambda chunk, b: st.encode(chunk, batch_size=b, convert_to_numpy=True, normalize_embeddings=True),
         "onnx-fp32": lambda chunk, b: fp32.encode(chunk, batch_size=b),
         "onnx-int8": lambda chunk, b: int8.encode(chunk, batch_size=b),
+        "onnx-uncapped": lambda chunk, b: uncapped.encode(chunk, batch_size=b),
     }
     for engine in engines.values():  # warm-up: first calls allocate arenas and compile kernels
         engine(texts[:4], 4)
@@ -114,6 +118,7 @@ def main() -> int:
     rate = {key: n / s for key, s in seconds.items()}
     reference = {name: np.vstack(v) for name, v in vectors.items()}
     par = {name: parity(reference["torch"], reference[name]) for name in ("onnx-fp32", "onnx-int8")}
+    cap = fp32.max_batch_tokens
 
     figures = []
     for b in (1, 32):
@@ -129,16 +134,17 @@ def main() -> int:
         for key in ("mean_cosine", "min_cosine", "top10_overlap"):
             figures.append({"name": f"{name} {key} vs torch", "value": round(stats[key], 6), "unit": "",
                             "ratio": None, "reference": None, "goal": None})
-    notes = (f"{n} SciFact texts (half queries, half documents, max 256 tokens), 1 thread per engine, engines "
+    notes = (f"{n} SciFact texts (half queries, half documents, max 256 tokens), 1 thread per engine; onnx "
+             f"engines cap each inference at {cap} tokens (rows x padded length), onnx-uncapped does not; engines "
              f"interleaved per {CHUNK}-text chunk. Load {before['load1']} -> {after['load1']}; ORT yardstick "
              f"{before['ort_reference_ms']} -> {after['ort_reference_ms']} ms" + (" (busy machine)" if idle["busy"] else ""))
     result = {"bench": "encoder", "figures": figures, "notes": notes, "machine": machine.machine_info(),
               "before": before, "after": after, "texts": n, "parity": par}
 
-    print(f"{'engine':<12} {'batch':>5} {'texts/s':>9} {'vs torch':>9}")
+    print(f"{'engine':<14} {'batch':>5} {'texts/s':>9} {'vs torch':>9}")
     for b in (1, 32):
         for name in engines:
-            print(f"{name:<12} {b:>5} {rate[(name, b)]:>9.1f} {rate[(name, b)] / rate[('torch', b)]:>8.2f}x")
+            print(f"{name:<14} {b:>5} {rate[(name, b)]:>9.1f} {rate[(name, b)] / rate[('torch', b)]:>8.2f}x")
     for name, stats in par.items():
         print(f"{name} parity vs torch: mean cosine {stats['mean_cosine']:.6f}, min {stats['min_cosine']:.6f}, "
               f"top-10 overlap {stats['top10_overlap']:.3f}")

@@ -75,3 +75,13 @@ def test_refuses_bad_directories(tmp_path, baseline_encoder_dir):
 def test_unknown_device_is_an_input_error(baseline_encoder_dir):
     with pytest.raises(InputError, match="unknown device"):
         Encoder.load(baseline_encoder_dir, device="tpu")
+
+
+def test_token_budget_groups_without_changing_vectors(baseline_encoder_dir, baseline_encoder):
+    texts = TEXTS + ["protein " * 300, "cell " * 120, "Smoking causes lung cancer."]
+    uncapped = Encoder.load(baseline_encoder_dir, max_batch_tokens=None)
+    np.testing.assert_allclose(baseline_encoder.encode(texts), uncapped.encode(texts), atol=1e-5)
+    lengths = [256, 122, 20, 12, 10, 9, 8]
+    groups = baseline_encoder._groups(lengths, batch_size=32)  # cap 512 tokens per inference
+    assert [list(g) for g in groups] == [[0, 1], [2, 3, 4, 5, 6]]  # longest first; 2 x 256 fits, not 3
+    assert [len(g) for g in uncapped._groups(lengths, batch_size=4)] == [4, 3]
