@@ -30,7 +30,7 @@ table{border-collapse:collapse;width:100%;font-size:13px}th,td{padding:6px 8px;t
 border-bottom:1px solid #e6e8ee;white-space:nowrap}th{color:#5a6275;font-weight:600}
 td:first-child,th:first-child,td.l,th.l{text-align:left}.charts{display:flex;flex-wrap:wrap;gap:12px}
 .muted{color:#5a6275;font-size:12px}ul{margin:6px 0 0 18px;padding:0}a{color:#0b5cad}
-.warn{background:#fff6db;border-left:6px solid #e6a700}
+.warn{background:#fff6db;border-left:6px solid #e6a700}td.note{white-space:normal;min-width:220px}
 """
 
 
@@ -138,7 +138,7 @@ def _guardrails(report: dict) -> str:
         rows.append(f"<tr><td>{escape(g['metric'])}</td><td class='l'>{escape(g['arm'])}</td>"
                     f"<td>{'+' if rel else ''}{f(g['limit']).lstrip('+')}</td><td>{f(g['harm'])}</td>"
                     f"<td>{f(g['harm_upper'])}</td><td class='l'>{badge(g['status'])}</td>"
-                    f"<td class='l muted'>{escape(g.get('reason') or '')}</td></tr>")
+                    f"<td class='l muted note'>{escape(g.get('reason') or '')}</td></tr>")
     return ("<h2>Guardrails</h2><div class='card'><table id='guardrails'><tr><th>Metric</th><th class='l'>Arm"
             "</th><th>Max harm</th><th>Harm</th><th>Upper bound</th><th class='l'>Status</th><th class='l'>"
             "</th></tr>" + "".join(rows) + "</table></div>")
@@ -156,7 +156,7 @@ def _offline(report: dict) -> str:
         flag = badge("disagreement", "fail") if c["disagreement"] else ""
         rows.append(f"<tr><td>Δ {escape(c['arm'])}</td>{deltas}<td>{fmt_lift(c['online_lift'])}</td>"
                     f"<td class='l'>{badge(c['online_direction'])} {flag}</td>"
-                    f"<td class='l muted'>{escape(c.get('note') or '')}</td></tr>")
+                    f"<td class='l muted note'>{escape(c.get('note') or '')}</td></tr>")
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
     return ("<h2>Offline vs online</h2><div class='card'><table id='offline'><tr><th>Arm</th>" + head +
             f"<th>Online {escape(report['experiment']['primary'])}</th><th class='l'>Online</th><th class='l'>"

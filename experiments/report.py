@@ -248,6 +248,9 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
     srm["status"] = "alert" if srm.get("alert") else ("unavailable" if srm.get("error") else "ok")
     guardrails = _guardrails(experiment, data, rows)
     verdict = _verdict(experiment, data, srm, primary_rows, guardrails, unknown)
+    offline = offline_comparison(client, experiment, data, rows, database=database)
+    verdict["reasons"] += [f"Offline vs online disagree for {c['arm']}: {c['note']}."
+                           for c in offline["comparisons"] if c["disagreement"]]
     unexpected = sorted(set(data.arms) - {a.name for a in experiment.arms})
     return {
         "experiment": {"name": experiment.name, "description": experiment.description, "owner": experiment.owner,
@@ -268,7 +271,7 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
         "metrics": {name: d.to_dict() for name, d in metrics.items()},
         "comparisons": rows,
         "guardrails": guardrails,
-        "offline": offline_comparison(client, experiment, data, rows, database=database),
+        "offline": offline,
         "daily": data.daily,
         "cumulative": _cumulative(experiment, data),
         "unknown_metrics": unknown,

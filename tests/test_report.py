@@ -137,7 +137,9 @@ def _offline_rows(client, arm_values: dict):
 
 def test_offline_vs_online_disagreement(client):
     _offline_rows(client, {"control": (0.60, 0.90, 0.55), "treatment": (0.70, 0.95, 0.66)})
-    flat = report_of(client, "flat")["offline"]
+    flat_report = report_of(client, "flat")
+    assert any("Offline vs online disagree for treatment" in r for r in flat_report["verdict"]["reasons"])
+    flat = flat_report["offline"]
     assert flat["available"] and flat["arms"]["treatment"]["ndcg@10"] == pytest.approx(0.70)
     (c,) = flat["comparisons"]
     assert c["offline_deltas"]["ndcg@10"] == pytest.approx(0.10)
