@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from exporters import pairs as pairs_io
+from exporters.corpus import default_data_dir
 from exporters.mining import MiningSettings, mine
 from gateway.errors import ArtifactError, InputError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RECORD_NAME = "abgate-finetune.json"
 
 
@@ -37,7 +37,7 @@ class FinetuneSettings:
     lr: float = 2e-5
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    max_length: int = 256
+    max_length: int = 128           # training tokens per text; the saved model keeps the base's 256
     scale: float = 20.0             # MNRL logit scale (1 / temperature)
     seed: int = 42
     threads: int = 0                # torch intra-op threads; 0 = torch's default (all cores)
@@ -191,8 +191,9 @@ def _evaluate(model, doc_ids, doc_embeddings, queries, qrels, settings, max_leng
         doc_embeddings = encode(model, [documents[d] for d in doc_ids], settings.mining.batch_size, "eval corpus")
     query_ids = [q for q in qrels if q in queries]
     query_embeddings = encode(model, [queries[q] for q in query_ids], settings.mining.batch_size, "eval queries")
-    return {"ndcg@10": round(ndcg_at_k(query_embeddings @ doc_embeddings.T, query_ids, doc_ids, qrels, 10), 4),
-            "queries": len(query_ids), "max_length": max_length}
+    ndcg = round(ndcg_at_k(query_embeddings @ doc_embeddings.T, query_ids, doc_ids, qrels, 10), 4)
+    _log(f"NDCG@10 {ndcg} on {len(query_ids)} held-out queries (exact search, {max_length} tokens per text)")
+    return {"ndcg@10": ndcg, "queries": len(query_ids), "max_length": max_length}
 
 
 def _record(data, base, out, settings, passes, mining_stats, timings, evaluation) -> dict:
@@ -267,8 +268,8 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", metavar="OUT", help="output model directory (sentence-transformers format)")
     p.add_argument("--base", help="model to start from (default: the all-MiniLM-L6-v2 baseline package)")
-    p.add_argument("--data", default=os.environ.get("DATA", str(REPO_ROOT.parent / "shared/data/scifact")),
-                   help="BEIR folder: pairs from qrels/<split>.tsv (default: $DATA or ../shared/data/scifact)")
+    p.add_argument("--data", default=str(default_data_dir()), help="BEIR folder: pairs from qrels/<split>.tsv "
+                   "(default: $ABGATE_DATA, $DATA or ../shared/data/scifact)")
     p.add_argument("--split", default="train", help="qrels split to train on (default: train)")
     p.add_argument("--pairs", help="JSONL of {\"query\", \"positive\"[, \"negative\"]} instead of BEIR qrels")
     p.add_argument("--corpus", help="with --pairs: a corpus.jsonl to mine negatives from (default: the pairs' texts)")
@@ -282,7 +283,8 @@ def register(subparsers) -> None:
                    help="skip this many top non-positive neighbours (likely unjudged positives)")
     p.add_argument("--margin", type=float, default=s.mining.margin,
                    help="drop candidates scoring above MARGIN x the positive's score (0 disables)")
-    p.add_argument("--mine-max-length", type=int, default=0, help="tokens per text when mining (0: --max-length)")
+    p.add_argument("--mine-max-length", type=int, default=s.mining.max_length,
+                   help="tokens per text when mining (0: --max-length)")
     p.add_argument("--seed", type=int, default=s.seed)
     p.add_argument("--threads", type=int, default=s.threads, help="torch threads (0: torch's default)")
     p.add_argument("--max-steps", type=int, default=0, help="stop each pass after this many steps (0: no cap)")

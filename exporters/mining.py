@@ -29,7 +29,7 @@ class MiningSettings:
     skip_top: int = 3
     margin: float = 0.95        # drop candidates scoring above margin * positive score; <= 0 disables
     batch_size: int = 64
-    max_length: int | None = None  # encode at a shorter length than training to save time; None = same
+    max_length: int | None = 64    # mining only ranks: shorter texts save CPU (a corpus encode > an epoch)
 
 
 @dataclass

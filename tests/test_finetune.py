@@ -1,0 +1,213 @@
+"""`abgate finetune` on real parts: real SciFact pairs, the real all-MiniLM-L6-v2 model, real training steps.
+
+Training tests use a small BEIR folder cut from SciFact (a few pairs, 2 steps, max length 32): seconds, not
+the minutes of the real run (whose figures are in docs/finetuning.md).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporters.mining import MiningSettings, select_negatives
+from exporters.pairs import load_beir, load_pairs_jsonl, no_duplicate_batches
+from gateway import cli
+from gateway.errors import InputError
+
+TINY = ["--batch-size", "4", "--max-length", "32", "--max-steps", "2", "--threads", "1", "--json"]
+
+
+@pytest.fixture(scope="module")
+def scifact_train(scifact_dir):
+    return load_beir(scifact_dir, split="train")
+
+
+@pytest.fixture(scope="module")
+def mini_beir(scifact_dir, scifact_train, tmp_path_factory) -> Path:
+    """12 SciFact train queries with their judged documents plus 40 other documents, in BEIR layout."""
+    folder = tmp_path_factory.mktemp("mini-scifact")
+    (folder / "qrels").mkdir()
+    query_ids = sorted(scifact_train.positives)[:12]
+    judged = {d for q in query_ids for d in scifact_train.positives[q]}
+    others = [d for d in sorted(scifact_train.documents) if d not in judged][:40]
+    keep = judged | set(others)
+    with open(scifact_dir / "corpus.jsonl") as src, open(folder / "corpus.jsonl", "w") as out:
+        out.writelines(line for line in src if json.loads(line)["_id"] in keep)
+    with open(scifact_dir / "queries.jsonl") as src, open(folder / "queries.jsonl", "w") as out:
+        out.writelines(line for line in src if json.loads(line)["_id"] in set(query_ids))
+    rows = [f"{q}\t{d}\t1\n" for q in query_ids for d in sorted(scifact_train.positives[q])]
+    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(rows))
+    return folder
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, dict | None, str]:
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out.strip().splitlines()[-1]) if captured.out.strip() else None
+    return code, payload, captured.err
+
+
+# -- pairs -------------------------------------------------------------------------------------------------
+
+def test_scifact_train_pairs(scifact_train, scifact_dir):
+    assert len(scifact_train.pairs) == 919
+    assert len(scifact_train.positives) == 809
+    assert len(scifact_train.documents) == 5183
+    assert all(p.positive_id in scifact_train.positives[p.query_id] for p in scifact_train.pairs)
+    assert load_beir(scifact_dir).checksum == scifact_train.checksum  # the record's data checksum is stable
+
+
+def test_pairs_jsonl_reads_queries_positives_and_negatives(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"query": "q1", "positive": "doc a", "negative": "doc b"}) + "\n\n"
+                    + json.dumps({"query": "q1", "positive": "doc c"}) + "\n")
+    data = load_pairs_jsonl(path)
+    assert len(data.pairs) == 2 and len(data.positives) == 1
+    assert sorted(data.documents.values()) == ["doc a", "doc b", "doc c"]
+    assert data.documents[data.pairs[0].negative_id] == "doc b"
+
+
+@pytest.mark.parametrize("content, where, what", [
+    ("", "pairs.jsonl", "empty"),
+    ('{"query": "q", "positive": "p"}\n{"query": "q", "positive": "p"}\n{"query": "q", "positive": \n', "pairs.jsonl:3",
+     "not valid JSON"),
+    ('{"query": "q", "positive": ""}\n', "pairs.jsonl:1: positive", "non-empty string"),
+    ('["q", "p"]\n', "pairs.jsonl:1", "JSON object"),
+])
+def test_bad_pairs_file_is_a_clear_cli_error(tmp_path, capsys, content, where, what):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(content)
+    code, _, err = run_cli(["finetune", str(tmp_path / "out"), "--pairs", str(path)], capsys)
+    assert code == 2
+    assert err.startswith("abgate: error: ") and where in err and what in err
+    assert "Traceback" not in err
+
+
+def test_missing_qrels_is_a_clear_cli_error(tmp_path, capsys, mini_beir):
+    folder = tmp_path / "beir"
+    folder.mkdir()
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (folder / name).write_bytes((mini_beir / name).read_bytes())
+    code, _, err = run_cli(["finetune", str(tmp_path / "out"), "--data", str(folder)], capsys)
+    assert code == 2 and "qrels/train.tsv" in err and "no qrels" in err
+
+
+def test_qrels_naming_an_unknown_document_reports_the_line(tmp_path, mini_beir):
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (folder / name).write_bytes((mini_beir / name).read_bytes())
+    rows = (mini_beir / "qrels" / "train.tsv").read_text().splitlines()
+    query = rows[1].split("\t")[0]
+    (folder / "qrels" / "train.tsv").write_text("\n".join(rows[:2] + [f"{query}\tno-such-doc\t1"]) + "\n")
+    with pytest.raises(InputError) as info:
+        load_beir(folder)
+    assert info.value.line == 3 and info.value.field == "corpus-id"
+
+
+def test_output_folder_is_not_overwritten_by_accident(tmp_path, capsys, mini_beir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    code, _, err = run_cli(["finetune", str(out), "--data", str(mini_beir)], capsys)
+    assert code == 2 and "--overwrite" in err
+
+
+# -- batching and mining rules -----------------------------------------------------------------------------
+
+def test_batches_hold_no_in_batch_false_negatives(scifact_train):
+    items = [(p.query_id, p.positive_id, None) for p in scifact_train.pairs]
+    batches = no_duplicate_batches(items, 32, scifact_train.positives, random.Random(7))
+    assert batches == no_duplicate_batches(items, 32, scifact_train.positives, random.Random(7))
+    seen = [item for batch in batches for item in batch]
+    assert len(seen) == len(set(seen)) and len(seen) >= len(items) - 1  # a lone last row may be dropped
+    for batch in batches:
+        assert 2 <= len(batch) <= 32
+        queries = [q for q, _, _ in batch]
+        assert len(set(queries)) == len(queries)
+        for q, d, _ in batch:
+            # every other row's document must be a true negative for q
+            assert not any(d2 in scifact_train.positives[q] for q2, d2, _ in batch if q2 != q)
+
+
+def test_select_negatives_skips_positives_top_ranks_and_near_duplicates():
+    scores = np.array([[0.90, 0.85, 0.80, 0.70, 0.60, 0.50, 0.10],
+                       [0.20, 0.30, 0.10, 0.05, 0.04, 0.03, 0.95]], dtype=np.float32)
+    positive_scores = np.array([0.80, 0.95], dtype=np.float32)
+    excluded = [{2}, {6}]
+    settings = MiningSettings(top_k=5, skip_top=1, margin=0.95)
+    picks = [select_negatives(scores, positive_scores, excluded, settings, random.Random(s)) for s in range(20)]
+    # row 0: top 5 = 0,1,2,3,4; minus positive 2 -> 0,1,3,4; skip 1 -> 1,3,4; margin 0.76 drops 1 -> 3,4
+    assert {p[0] for p in picks} == {3, 4}
+    # row 1: top 5 = 6,1,0,2,3; minus 6 -> 1,0,2,3; skip 1 -> 0,2,3
+    assert {p[1] for p in picks} == {0, 2, 3}
+    none_left = MiningSettings(top_k=2, skip_top=2, margin=0)
+    assert select_negatives(scores, positive_scores, excluded, none_left, random.Random(0)) == [None, None]
+
+
+# -- real training -----------------------------------------------------------------------------------------
+
+def test_two_pass_finetune_is_reproducible_and_loadable(tmp_path, capsys, mini_beir, baseline_model_dir):
+    from sentence_transformers import SentenceTransformer
+
+    records = []
+    for name in ("a", "b"):
+        code, record, err = run_cli(["finetune", str(tmp_path / name), "--data", str(mini_beir),
+                                     "--base", str(baseline_model_dir), "--mine-top-k", "10", "--skip-top", "1",
+                                     *TINY], capsys)
+        assert code == 0, err
+        records.append(record)
+    a, b = records
+    assert [p["name"] for p in a["passes"]] == ["in-batch", "hard-negatives"]
+    assert all(p["steps"] == 2 and len(p["loss"]) == 2 and all(x > 0 for x in p["loss"]) for p in a["passes"])
+    assert a["mining"]["with_negative"] > 0 and a["mining"]["pool"] == len(load_beir(mini_beir).documents)
+    assert a["data"]["checksum"] == b["data"]["checksum"] and a["seed"] == 42
+    assert a["passes"][0]["loss"] == b["passes"][0]["loss"] and a["passes"][1]["loss"] == b["passes"][1]["loss"]
+    assert "pass 2: step 2/2" in err  # progress on stderr
+    on_disk = json.loads((tmp_path / "a" / "abgate-finetune.json").read_text())
+    assert on_disk["passes"] == a["passes"]
+
+    from safetensors.numpy import load_file
+
+    tuned, again = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    base = load_file(baseline_model_dir / "model.safetensors")
+    assert all(np.array_equal(tuned[k], again[k]) for k in tuned)  # same seed, same weights
+    assert any(not np.array_equal(tuned[k], base[k]) for k in base if k in tuned)  # and the weights did move
+    model = SentenceTransformer(str(tmp_path / "a"), device="cpu")
+    assert model.max_seq_length == 256  # serving length kept though training used 32 tokens
+    assert model.encode(["Vitamin D deficiency raises the risk of fractures."]).shape == (1, 384)
+
+
+def test_mined_negatives_are_never_known_positives(mini_beir, baseline_model_dir):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from exporters.mining import mine
+
+    torch.set_num_threads(1)
+    data = load_beir(mini_beir)
+    model = SentenceTransformer(str(baseline_model_dir), device="cpu")
+    model.max_seq_length = 32
+    settings = MiningSettings(top_k=10, skip_top=0, margin=0)
+    mined = mine(model, data, settings, seed=3)
+    assert len(mined.negatives) == len(data.pairs)
+    for pair, negative in zip(data.pairs, mined.negatives):
+        assert negative is not None and negative not in data.positives[pair.query_id]
+    # with no skip and no margin, the negative comes from the query's top 10 by the model's own scores
+    pair, negative = data.pairs[0], mined.negatives[0]
+    q = model.encode([data.queries[pair.query_id]], normalize_embeddings=True)[0]
+    ranking = np.argsort(-(mined.doc_embeddings @ q))[:10 + len(data.positives[pair.query_id])]
+    assert negative in {mined.doc_ids[j] for j in ranking}
+
+
+def test_finetune_module_does_not_import_torch():
+    code = ("import sys, exporters.finetune, exporters.mining, exporters.pairs; "
+            "bad = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]; "
+            "sys.exit(bool(bad))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
