@@ -127,6 +127,10 @@ def _fill_negatives(data: pairs_io.TrainingSet, mined: list[str | None], rng: ra
 def run(data: pairs_io.TrainingSet, base: str, out: Path, settings: FinetuneSettings,
         eval_qrels: dict[str, dict[str, float]] | None = None, eval_queries: dict[str, str] | None = None,
         eval_final: bool = False) -> dict:
+    if len(data.pairs) < 2:
+        # in-batch negatives need a second row in the batch: one pair gives nothing to contrast with
+        raise InputError(f"only {len(data.pairs)} training pair; contrastive training needs at least 2.",
+                         file=data.source.get("path"))
     timings, started = {}, time.monotonic()
     torch = _seed_everything(settings.seed, settings.threads)
     from sentence_transformers import SentenceTransformer

@@ -79,6 +79,7 @@ def test_pairs_jsonl_reads_queries_positives_and_negatives(tmp_path):
      "not valid JSON"),
     ('{"query": "q", "positive": ""}\n', "pairs.jsonl:1: positive", "non-empty string"),
     ('["q", "p"]\n', "pairs.jsonl:1", "JSON object"),
+    ('{"query": "q", "positive": "p"}\n', "pairs.jsonl", "at least 2"),
 ])
 def test_bad_pairs_file_is_a_clear_cli_error(tmp_path, capsys, content, where, what):
     path = tmp_path / "pairs.jsonl"
