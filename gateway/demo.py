@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cumulative simulated users after which the reports are read (whole layer: half go to "
                         "the A/B test, half to the A/A test); default: from the volume study, 1/2, 1 and 3/2 "
                         "of the volume it finds for 80%% power")
+    p.add_argument("--max-users", type=int, default=6000,
+                   help="traffic budget: the default stages stop here even when the volume study asks for more "
+                        "(about 6 searches per user; this machine serves on the order of 60 searches/s)")
     p.add_argument("--all-stages", action="store_true", help="go on after the A/B test has a verdict")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=16)
@@ -171,7 +174,8 @@ def _interrupt(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.demo_run import evaluate_offline, plan_volume, print_outcome, serve_and_simulate
+    from gateway.demo_run import (evaluate_offline, plan_volume, print_outcome, reset_store_if_stale,
+                                  serve_and_simulate)
 
     work = Path(args.workdir).resolve()
     data = Path(args.data)
@@ -190,11 +194,12 @@ def run(args: argparse.Namespace) -> int:
     log(f"data {data}; artifacts under {work / 'artifacts'}; store {env['ABGATE_DSN']}")
     try:
         build_arms(ctx, args.finetune_args.split())
+        record = reset_store_if_stale(ctx, args.fresh_traffic)  # first: offline rows live in the same store
         offline = evaluate_offline(ctx)
         plan = plan_volume(ctx)
         if args.stages is None:
-            args.stages = plan["stages"]
-        outcome = serve_and_simulate(ctx, args, offline) | {"volume_study": plan}
+            args.stages = sorted({min(stage, args.max_users) for stage in plan["stages"]})
+        outcome = serve_and_simulate(ctx, args, offline, record) | {"volume_study": plan}
     except KeyboardInterrupt:
         log("interrupted: steps in progress were stopped; finished steps are kept for the next run")
         return 130

@@ -45,8 +45,11 @@ def reset_store_if_stale(ctx: Context, fresh: bool) -> dict:
     folder = demo_dir(ctx)
     record = _json(folder / "traffic.json") or {}
     current = arm_checksums(ctx)
-    if fresh or (record and record.get("arms") != current):
-        log("starting the store afresh" + (" (the arms changed)" if not fresh else ""))
+    # A stage cut short (Ctrl-C) left some of its users in the store: replaying it would count them twice.
+    why = ("asked" if fresh else "the arms changed" if record and record.get("arms") != current else
+           "the last run stopped in the middle of a stage" if record.get("running") else None)
+    if why:
+        log(f"starting the store afresh ({why})")
         shutil.rmtree(folder, ignore_errors=True)
         record = {}
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,10 +76,10 @@ def evaluate_offline(ctx: Context) -> dict:
     return results
 
 
-VOLUMES = (250, 500, 1000, 2000, 4000, 8000, 16000)   # users in one experiment, both arms
+VOLUMES = (500, 1000, 2000, 4000, 8000, 16000, 32000)   # users in one experiment, both arms
 
 
-def plan_volume(ctx: Context, reps: int = 200) -> dict:
+def plan_volume(ctx: Context, reps: int = 100) -> dict:
     """`abgate simulate-volume` on the offline rankings: the A/B power and the A/A false-positive rate per
     volume, and from them the demo's stages. Cached in artifacts/demo/volume.json (keyed by the rankings)."""
     folder = demo_dir(ctx)
@@ -176,8 +179,8 @@ def read_reports(ctx: Context) -> dict:
             for name in (AB, AA)}
 
 
-def serve_and_simulate(ctx: Context, args, offline: dict) -> dict:
-    record = reset_store_if_stale(ctx, args.fresh_traffic)
+def serve_and_simulate(ctx: Context, args, offline: dict, record: dict) -> dict:
+    """`record`: from reset_store_if_stale, called before the offline evaluation (whose rows share the store)."""
     folder = demo_dir(ctx)
     gateway = Gateway(ctx, args.port)
     previous = record["stages"][-1]["users"] if record["stages"] else 0
@@ -186,6 +189,8 @@ def serve_and_simulate(ctx: Context, args, offline: dict) -> dict:
         for number, users in enumerate(args.stages, start=1):
             if users <= previous:
                 continue
+            record["running"] = number
+            (folder / "traffic.json").write_text(json.dumps(record, indent=2))
             gateway.start()
             log(f"stage {number}: {users - previous} more simulated users (cumulative {users})")
             started = time.perf_counter()
@@ -198,6 +203,7 @@ def serve_and_simulate(ctx: Context, args, offline: dict) -> dict:
                      "seconds": round(time.perf_counter() - started, 1),
                      "verdicts": {name: verdict(r) for name, r in reports.items()}}
             record["stages"].append(stage)
+            record.pop("running", None)
             (folder / "traffic.json").write_text(json.dumps(record, indent=2))
             log(f"stage {number}: A/B winner {stage['verdicts'][AB]['winner']}, "
                 f"A/A winner {stage['verdicts'][AA]['winner']}")
@@ -221,13 +227,18 @@ def outcome(offline: dict, record: dict, reports: dict, url: str) -> dict:
     offline_winner = max(ndcg, key=lambda arm: ndcg[arm])
     ab, aa = verdict(reports[AB]), verdict(reports[AA])
     first = next((s["users"] for s in record["stages"] if s["verdicts"][AB]["winner"] == offline_winner), None)
-    agrees = ab["winner"] == offline_winner
-    return {"ok": agrees and not aa["winner"], "offline": offline, "offline_winner": offline_winner,
-            "ab": ab, "aa": aa, "agrees_with_offline": agrees, "aa_declared_winner": bool(aa["winner"]),
-            "users_needed": first, "stages": record["stages"],
-            "dashboard": {"ab": f"{url}/dashboard/{AB}", "aa": f"{url}/dashboard/{AA}"},
-            "static_dashboard": {"ab": str(Path("artifacts", "demo", f"{AB}.html")),
-                                 "aa": str(Path("artifacts", "demo", f"{AA}.html"))}}
+    lift = ab["primary_lift"].get("lift")
+    offline_sign = 1 if offline_winner == "finetuned" else -1
+    return {
+        # ok: the A/A test names no winner and the A/B test does not name the arm offline evaluation ranks lower.
+        "ok": not aa["winner"] and ab["winner"] in (None, offline_winner),
+        "offline": offline, "offline_winner": offline_winner, "ab": ab, "aa": aa,
+        "agrees_with_offline": ab["winner"] == offline_winner,
+        "same_direction": lift is not None and (lift > 0) == (offline_sign > 0),
+        "aa_declared_winner": bool(aa["winner"]), "users_needed": first, "stages": record["stages"],
+        "dashboard": {"ab": f"{url}/dashboard/{AB}", "aa": f"{url}/dashboard/{AA}"},
+        "static_dashboard": {"ab": str(Path("artifacts", "demo", f"{AB}.html")),
+                             "aa": str(Path("artifacts", "demo", f"{AA}.html"))}}
 
 
 def print_outcome(result: dict, as_json: bool) -> None:
@@ -250,9 +261,17 @@ def print_outcome(result: dict, as_json: bool) -> None:
         print(f"  after {s['users']:>6} users ({s['searches']} searches): A/B winner: "
               f"{s['verdicts'][AB]['winner'] or 'none yet'}; A/A winner: {s['verdicts'][AA]['winner'] or 'none'}")
     print(f"A/B verdict: {result['ab']['headline']}")
-    print(f"  online agrees with offline ({result['offline_winner']} better): "
-          f"{'yes' if result['agrees_with_offline'] else 'NO'}; volume needed: "
-          f"{result['users_needed'] or 'not reached'} users (whole layer; half in the A/B test)")
+    lift = result["ab"]["primary_lift"]
+    if lift.get("lift") is not None:
+        print(f"  CTR lift {lift['lift']:+.2%}, always-valid interval [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}]")
+    if result["agrees_with_offline"]:
+        print(f"  online agrees with offline ({result['offline_winner']} better), significant after "
+              f"{result['users_needed']} users (whole layer; half in the A/B test)")
+    else:
+        print(f"  not significant yet at this volume; the estimate points "
+              f"{'the same way as' if result['same_direction'] else 'against'} offline NDCG "
+              f"({result['offline_winner']} better). The volume study above says how many users it takes: "
+              "rerun with DEMO_ARGS='--stages N' to replay them.")
     print(f"A/A verdict: {result['aa']['headline']} -> "
           f"{'a false positive!' if result['aa_declared_winner'] else 'no winner, as it should be'}")
     print(f"Dashboard: {result['dashboard']['ab']} (live while the gateway runs: "

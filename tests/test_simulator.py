@@ -246,7 +246,7 @@ def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encode
     import shutil
 
     from gateway.demo import Context
-    from gateway.demo_run import AA, AB, evaluate_offline, serve_and_simulate
+    from gateway.demo_run import AA, AB, evaluate_offline, reset_store_if_stale, serve_and_simulate
 
     work = tmp_path / "work"
     shutil.copytree(ROOT / "experiments" / "demo", work / "experiments" / "demo")
@@ -257,18 +257,19 @@ def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encode
         (work / "artifacts" / "indexes" / arm).symlink_to(small_index_dir)
     env = dict(os.environ, HF_HUB_OFFLINE="1", ABGATE_DSN=f"chdb://{work / 'artifacts' / 'demo' / 'store'}")
     ctx = Context(work, DATA, env)
+    record = reset_store_if_stale(ctx, fresh=False)
     offline = evaluate_offline(ctx)
     assert offline["baseline"]["ndcg@10"] == offline["finetuned"]["ndcg@10"] > 0.3
     args = argparse.Namespace(fresh_traffic=False, port=_free_port(), stages=[40], seed=5, concurrency=4,
                               all_stages=False, keep_serving=False)
-    result = serve_and_simulate(ctx, args, offline)
+    result = serve_and_simulate(ctx, args, offline, record)
     assert [s["users"] for s in result["stages"]] == [40]
     ab, aa = result["stages"][0]["verdicts"][AB], result["stages"][0]["verdicts"][AA]
     assert ab["units"] + aa["units"] == 40  # each user in exactly one of the two experiments
     assert ab["winner"] is None and aa["winner"] is None
     assert (work / "artifacts" / "demo" / f"{AB}.html").is_file()
     # A second run finds the stage done and replays nothing.
-    again = serve_and_simulate(ctx, args, offline)
+    again = serve_and_simulate(ctx, args, offline, reset_store_if_stale(ctx, fresh=False))
     assert again["stages"] == result["stages"]
 
 
