@@ -109,7 +109,7 @@ def run_step(ctx: Context, name: str, out: Path, command: list[str], done: Calla
     out.parent.mkdir(parents=True, exist_ok=True)
     log(f"{name}: {' '.join(['abgate', *command[3:]])}")
     started = time.perf_counter()
-    child = Child(command, ctx)
+    child = Child(command, ctx, stdout=sys.stderr)  # stdout stays for the demo's own result (--json)
     child.communicate()
     code = child.proc.returncode
     if code == 130:
