@@ -44,7 +44,6 @@ def load_average() -> float:
 def _reference_session():
     global _SESSION
     if _SESSION is None:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
 
