@@ -16,8 +16,17 @@ and is counted as *spilled*. An event is *dropped* only when it could not be wri
 counts it. Replays may insert an event twice (a crash between an insert and its commit); the store's
 ReplacingMergeTree tables and the `*_unique` views make that invisible to the analysis.
 
-Ownership: the gateway's lifespan builds one EventWriter, calls `start()`, `submit()` per event and
-`close()` on shutdown; only the drain thread touches the ClickHouse client it gets from `client_factory`.
+Ownership: the gateway's lifespan builds one EventWriter, calls `start()`, `wait_connected()` (so the store is
+opened and migrated before the gateway says it is ready), `submit()` per event and `close()` on shutdown; only
+the drain thread touches the ClickHouse client it gets from `client_factory`.
+
+Sharing two cores with the request path (measured in bench/bench_gateway.py, docs/event-log.md "Cost"):
+- the drain thread runs at a lower OS priority (`nice`, per thread on Linux) and opens the store itself, so
+  the embedded engine's threads, created by it, inherit that priority: under contention, encoding wins;
+- inserts run single-threaded (`INSERT_SETTINGS`): a batch of a few thousand rows gains nothing from parallel
+  parsing and would only take a core from the request path;
+- catch-up mode (reading the spool back) hands over to memory mode as soon as the backlog is small, under the
+  lock `submit()` appends under, so steady traffic never keeps the drain thread re-reading the spool.
 """
 
 from __future__ import annotations
@@ -34,21 +43,27 @@ from gateway.spool import Position, Spool
 
 log = logging.getLogger("abgate.writer")
 
+# Settings of every insert: one thread for parsing and writing the part (see the module docstring).
+INSERT_SETTINGS = {"max_threads": 1, "max_insert_threads": 1, "input_format_parallel_parsing": 0}
+
 
 class EventWriter:
     def __init__(self, client_factory: Callable[[], object], spool_dir: str | os.PathLike, *,
                  queue_size: int = 100_000, batch_size: int = 10_000, min_batch: int = 1_000,
                  flush_interval: float = 0.5, retry_initial: float = 0.2, retry_max: float = 5.0,
-                 fsync_interval: float | None = 1.0, migrate: bool = True) -> None:
+                 fsync_interval: float | None = 1.0, migrate: bool = True, nice: int | None = 10) -> None:
         """client_factory: returns a connected clickhouse-connect client (e.g. `lambda: store.connect(dsn)`);
         called again after a failure. batch_size: the most rows per insert; an insert waits for min_batch
         rows or flush_interval seconds, whichever comes first. fsync_interval: seconds between fsyncs of the
-        spool (None: never; kill -9 needs none, a power cut does)."""
+        spool (None: never; kill -9 needs none, a power cut does). nice: added to the drain thread's OS
+        priority (None: unchanged)."""
         self._factory = client_factory
         self._spool = Spool(spool_dir)
         self.queue_size, self.batch_size, self.min_batch = queue_size, batch_size, min_batch
         self.flush_interval, self.retry_initial, self.retry_max = flush_interval, retry_initial, retry_max
-        self.fsync_interval, self.migrate = fsync_interval, migrate
+        self.fsync_interval, self.migrate, self.nice = fsync_interval, migrate, nice
+        self._first_attempt = threading.Event()  # set once the drain thread has tried to connect
+        self._replay_until: Position = (0, 0)     # queued records up to here came from the spool (_hand_over)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)      # drain thread waits here for work
         self._committed = threading.Condition(threading.Lock())  # flush() waits here for commits
@@ -73,6 +88,13 @@ class EventWriter:
         self._thread = threading.Thread(target=self._run, name="abgate-event-writer", daemon=True)
         self._thread.start()
         return self
+
+    def wait_connected(self, timeout: float = 30.0) -> bool:
+        """Wait for the drain thread's first connection attempt (open + migrate); True when the store is up.
+        The gateway calls it before it reports ready, so that opening the store does not compete with the
+        first requests; a store that is down does not hold the start up (events wait in the spool)."""
+        self._first_attempt.wait(timeout)
+        return self._store_up
 
     def close(self, timeout: float = 10.0) -> bool:
         """Stop accepting, insert what is pending (up to `timeout` s), stop. True when nothing is left behind;
@@ -175,10 +197,13 @@ class EventWriter:
     def _run(self) -> None:
         delay = self.retry_initial
         last_sync = time.monotonic()
+        self._lower_priority()  # first: the embedded engine's threads, started by _connect, inherit it
         try:
             self._connect()  # connect and migrate now, not at the first event: readiness shows in stats()
         except Exception as exc:
             self._store_failed(exc)
+        finally:
+            self._first_attempt.set()
         while True:
             try:
                 batch, from_memory = self._next_batch()
@@ -229,21 +254,41 @@ class EventWriter:
             self._queue.clear()  # catching up: everything queued is also in the spool, after `committed`
         end = self._spool.end
         records = self._spool.read(self._spool.committed, end=end, max_records=self.batch_size)
+        if len(records) < self.min_batch and self._hand_over():
+            return [], False  # the queue holds the small rest of the backlog; memory mode inserts it
         if not records:
-            with self._lock:
-                if self._spool.end == end:  # nothing was appended meanwhile: caught up
-                    if self._spool.committed < end:
-                        self._spool.commit(end)  # past the old segments' (possibly torn) tails
-                    self._memory_mode = True     # the queue takes over; it is empty, as is the backlog
-                    self._oldest = time.monotonic()
-                    self._flush_requested = False
-            self._notify_committed()
             return [], False
         if (len(records) < self.min_batch and not self._flush_requested and not self._stopping
                 and time.monotonic() - self._last_insert < self.flush_interval):
             self._stop.wait(0.05)  # a trickle while catching up: gather a bigger batch, as memory mode does
             return [], False
         return records, False
+
+    def _hand_over(self) -> bool:
+        """Catching up and the backlog is small: move it into the queue and switch to memory mode.
+
+        Under the lock `submit()` appends under, so no event can land between the read and the switch: the
+        queue then holds exactly what lies after the committed position, memory mode's invariant. Without
+        this, steady traffic appends between every read and its check and keeps the drain thread re-reading
+        the spool. False (keep catching up) when more than `min_batch` records wait."""
+        with self._lock:
+            end = self._spool.end
+            records = self._spool.read(self._spool.committed, end=end, max_records=self.min_batch)
+            if len(records) >= self.min_batch:
+                return False
+            if records and records[-1][1] != end:
+                return False  # an old segment's torn tail before an empty segment: insert, then hand over
+            if not records and self._spool.committed < end:
+                self._spool.commit(end)  # past the old segments' (possibly torn) tails
+            self._queue = collections.deque(records)
+            if records:
+                self._replay_until = records[-1][1]
+            self._memory_mode = True
+            self._oldest = time.monotonic()
+            if not records:
+                self._flush_requested = False
+        self._notify_committed()
+        return True
 
     def _insert(self, batch: list[tuple[bytes | None, Position]], from_memory: bool) -> bool:
         """Insert spool records (None: damaged bytes, skipped) as MsgPack rows, one insert per table."""
@@ -265,7 +310,7 @@ class EventWriter:
             client = self._connect()
             for kind, records in by_kind.items():
                 cls = events.KINDS[kind]
-                client.raw_insert(events.TABLES[cls], list(events.COLUMNS[cls]),
+                client.raw_insert(events.TABLES[cls], list(events.COLUMNS[cls]), settings=INSERT_SETTINGS,
                                   insert_block=events.msgpack_rows(records), fmt="MsgPack")
         except Exception as exc:  # any store failure: keep the events in the spool and catch up later
             self._store_failed(exc)
@@ -278,12 +323,25 @@ class EventWriter:
             self._counts["batches"] += 1
             if not from_memory:
                 self._counts["replayed"] += rows
+            elif batch[0][1] <= self._replay_until:  # handed over from the spool: still a replay
+                self._counts["replayed"] += sum(1 for payload, position in batch
+                                                if payload and payload[:1] in events.KINDS
+                                                and position <= self._replay_until)
         self._notify_committed()
         return True
 
     def _notify_committed(self) -> None:
         with self._committed:
             self._committed.notify_all()
+
+    def _lower_priority(self) -> None:
+        if not self.nice or not hasattr(os, "setpriority"):
+            return
+        try:  # Linux: PRIO_PROCESS with a thread id sets that thread's nice value only
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+        except OSError as exc:
+            log.info("could not lower the event writer's priority: %s", exc)
 
     def _connect(self):
         if self._client is None:
