@@ -95,7 +95,10 @@ def is_busy(load1: float, cores: int | None = None) -> bool:
 
 
 def wait_until_idle(max_wait_s: float = 120.0, force: bool = False, poll_s: float = 5.0) -> dict:
-    """Wait until the load average says the machine is quiet; refuse (SystemExit 3) or, forced, go on busy."""
+    """Wait until the load average says the machine is quiet; refuse (SystemExit 3) or, forced, go on busy.
+    Forced, it waits at most 10 s: --force means the caller has chosen to time now."""
+    if force:
+        max_wait_s = min(max_wait_s, 10.0)
     deadline = time.monotonic() + max_wait_s
     while True:
         load1 = load_average()
