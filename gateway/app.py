@@ -18,7 +18,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from gateway import logging as gateway_logging
 from gateway.errors import AbgateError
 from gateway.events import Event
-from gateway.impressions import ImpressionCache
+from gateway.impressions import ImpressionCache, StoredImpressions
 from gateway.metrics import GatewayMetrics
 from gateway.routes import CONTROLLERS
 from gateway.routes.errors import EXCEPTION_HANDLERS, ApiError
@@ -37,6 +37,7 @@ class Gateway:
     impressions: ImpressionCache
     runtime: Runtime
     writer: object | None = None          # gateway.writer.EventWriter when event logging is on
+    stored_impressions: StoredImpressions | None = None  # cache misses looked up in the event log
     tasks: set = field(default_factory=set)
 
     def submit(self, event: Event) -> None:
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if not await loop.run_in_executor(None, gw.writer.wait_connected, STORE_START_WAIT_S):
                 log.warning("event store not connected at start; events wait in the spool",
                             error=gw.writer.stats()["last_error"])
+            gw.stored_impressions = StoredImpressions(gw.writer, gw.impressions, flush_s=settings.events_flush_s)
         metrics.watch(lambda: gw.writer.stats() if gw.writer is not None else {}, gw.runtime.queue_depth)
         _on_sighup(gw)
         log.info("gateway ready", layer=settings.layer, events="on" if gw.writer else "off",
@@ -99,6 +101,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             await gw.runtime.close()
+            if gw.stored_impressions is not None:
+                gw.stored_impressions.close()
             if gw.writer is not None:
                 await asyncio.get_running_loop().run_in_executor(None, gw.writer.close)
 

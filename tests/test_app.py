@@ -215,6 +215,53 @@ def test_stopped_experiment_sends_everyone_to_control_and_events_reach_clickhous
     assert clicks >= 1
 
 
+def _click(client: httpx.Client, body: dict) -> httpx.Response:
+    first = body["results"][0]
+    return client.post("/v1/feedback", json={"impression_id": body["impression_id"], "type": "click",
+                                             "doc_id": first["doc_id"], "position": first["position"]})
+
+
+def test_feedback_after_a_restart_is_checked_against_the_event_log(tmp_path, gateway_artifacts):
+    """The impression cache dies with the process; the event log does not. Graceful restart (the impression was
+    flushed at shutdown) and kill -9 (it was still only in the spool: the new process replays it; a feedback
+    racing that replay waits for it, tested in test_writer.py)."""
+    write_two_arm_experiment(tmp_path / "experiments", *gateway_artifacts)
+    gateway = GatewayProcess(tmp_path, tmp_path / "experiments")
+    try:
+        with httpx.Client(base_url=gateway.url, timeout=30) as c:
+            served = c.post("/v1/search", json={"query": QUERIES[2], "unit_id": "restart-1", "k": 5}).json()
+        assert gateway.stop() == 0
+        gateway = GatewayProcess(tmp_path, tmp_path / "experiments")
+        with httpx.Client(base_url=gateway.url, timeout=30) as c:
+            ok = _click(c, served)
+            assert ok.status_code == 202, ok.text
+            assert (ok.json()["arm"], ok.json()["experiment"]) == (served["arm"], served["experiment"])
+            assert _click(c, served).status_code == 202  # now from the cache
+            wrong = c.post("/v1/feedback", json={"impression_id": served["impression_id"], "type": "click",
+                                                 "doc_id": "not-shown", "position": 1})
+            assert wrong.status_code == 422 and wrong.json()["field"] == "doc_id"
+            unknown = c.post("/v1/feedback", json={"impression_id": "never-served-id", "type": "click",
+                                                   "doc_id": "1", "position": 1})
+            assert unknown.status_code == 404 and "retry" in unknown.json()["error"]
+            unflushed = c.post("/v1/search", json={"query": QUERIES[0], "unit_id": "restart-2", "k": 5}).json()
+        gateway.process.kill()  # within the flush interval: the impression is in the spool, not the store
+        gateway.process.wait(10)
+        gateway.log.close()
+        gateway = GatewayProcess(tmp_path, tmp_path / "experiments")  # replays the spool, then is ready
+        with httpx.Client(base_url=gateway.url, timeout=30) as c:
+            replayed = _click(c, unflushed)
+            assert replayed.status_code == 202, replayed.text
+            assert replayed.json()["arm"] == unflushed["arm"]
+    finally:
+        gateway.stop()
+    from gateway import store
+
+    with store.connect(f"chdb://{tmp_path / 'store'}") as db:
+        clicks = db.query("SELECT impression_id, unit_id, arm FROM feedback_unique ORDER BY ts").result_rows
+    assert [row[0] for row in clicks] == [served["impression_id"]] * 2 + [unflushed["impression_id"]]
+    assert [row[1:] for row in clicks] == [("restart-1", served["arm"])] * 2 + [("restart-2", unflushed["arm"])]
+
+
 def _cuda_available() -> bool:
     import onnxruntime
 

@@ -9,7 +9,7 @@ from litestar import Controller, Request, post
 from gateway.batcher import BatcherClosed
 from gateway.errors import InputError
 from gateway.events import Feedback, Impression, new_event_id, utcnow
-from gateway.impressions import ImpressionExpired, ImpressionNotFound
+from gateway.impressions import ImpressionExpired, ImpressionNotFound, ImpressionUnverifiable
 from gateway.routes.errors import ApiError
 from gateway.routes.schemas import (FeedbackRequest, FeedbackResponse, Result, SearchRequest, SearchResponse)
 
@@ -50,15 +50,7 @@ class SearchController(Controller):
     @post("/feedback", status_code=202, summary="Record a click, dwell or conversion on a served impression")
     async def feedback(self, request: Request, data: FeedbackRequest) -> FeedbackResponse:
         gw = request.app.state.gateway
-        try:
-            served = gw.impressions.get(data.impression_id)
-        except ImpressionNotFound:
-            raise ApiError(404, "this impression id was not served by this gateway, or is too old and was "
-                                "forgotten: send feedback only for impression ids returned by /v1/search",
-                           field="impression_id") from None
-        except ImpressionExpired:
-            raise ApiError(410, f"this impression is older than {gw.settings.impression_ttl_s:g} seconds; "
-                                "feedback for it is no longer accepted", field="impression_id") from None
+        served = await _served_impression(gw, data.impression_id)
         if data.doc_id not in served.doc_ids:
             raise ApiError(422, "this document was not shown in the impression: send a doc_id from its results",
                            field="doc_id")
@@ -73,3 +65,26 @@ class SearchController(Controller):
                            data.type, data.doc_id, data.position, float(value)))
         gw.metrics.feedback.labels(data.type).inc()
         return FeedbackResponse(event_id, served.impression_id, served.experiment, served.arm)
+
+
+async def _served_impression(gw, impression_id: str):
+    """This process's cache, else the event log (gateway/impressions.py): 404 nowhere, 410 too old, 503 when
+    the store cannot be asked right now."""
+    try:
+        try:
+            return gw.impressions.get(impression_id)
+        except ImpressionNotFound:
+            if gw.stored_impressions is None:  # event logging off: the cache is all there is
+                raise
+            return await gw.stored_impressions.get(impression_id)
+    except ImpressionNotFound:
+        raise ApiError(404, "unknown impression id: not among this gateway's recent impressions nor in the event "
+                            "log. Send feedback only for impression ids returned by /v1/search; one served a "
+                            "moment ago by another gateway process may not be logged yet: retry in a few seconds",
+                       field="impression_id") from None
+    except ImpressionExpired:
+        raise ApiError(410, f"this impression is older than {gw.settings.impression_ttl_s:g} seconds; "
+                            "feedback for it is no longer accepted", field="impression_id") from None
+    except ImpressionUnverifiable as exc:
+        raise ApiError(503, f"cannot check this impression right now ({exc}); retry in a few seconds",
+                       field="impression_id") from None
