@@ -270,14 +270,23 @@ def _traffic(url: str, stop, results: dict, lock, seed: int) -> None:
 CLIENTS = 6  # concurrent HTTP clients: at most this many requests are in flight when the gateway dies
 
 
-def _run_traffic(url: str, seconds: float, results: dict, clients: int = CLIENTS) -> None:
+def _run_traffic(url: str, seconds: float, results: dict, clients: int = CLIENTS, *, min_impressions: int = 0,
+                 until=None) -> None:
+    """Traffic for `seconds`, and on until `min_impressions` are acknowledged (bounded: a slow shared machine
+    must not turn a durability test into a timing test); `until(results)` may end it early."""
     import threading
 
     stop, lock = threading.Event(), threading.Lock()
     threads = [threading.Thread(target=_traffic, args=(url, stop, results, lock, seed)) for seed in range(clients)]
     for t in threads:
         t.start()
-    time.sleep(seconds)
+    start = time.monotonic()
+    while time.monotonic() - start < 120:
+        if until is not None and until(results):
+            break
+        if time.monotonic() - start >= seconds and len(results["impressions"]) >= min_impressions:
+            break
+        time.sleep(0.05)
     stop.set()
     for t in threads:
         t.join(30)
@@ -309,7 +318,7 @@ def test_http_store_held_by_another_process_then_released(tmp_path, gateway_arti
     gateway = GatewayProcess(tmp_path, experiments, "--max-wait-ms", "5", "--no-access-log")
     results = _new_results()
     try:
-        _run_traffic(gateway.url, 4, results)           # the store is unavailable: events go to the spool
+        _run_traffic(gateway.url, 4, results, min_impressions=30)  # the store is unavailable: events go to the spool
         assert _metric(gateway.url, "abgate_events_written_total") == 0
         assert len(results["impressions"]) > 20
         holder.stdin.close()                            # the store comes back part-way through the traffic
@@ -336,13 +345,19 @@ def test_http_kill_9_under_load_then_restart(tmp_path, gateway_artifacts):
     write_two_arm_experiment(experiments, *gateway_artifacts)
     gateway = GatewayProcess(tmp_path, experiments, "--max-wait-ms", "5", "--no-access-log")
     results = _new_results()
-    import threading
 
     # Under load, killed in the middle of it: the in-memory queue, the spool and an insert may all be busy.
-    killer = threading.Timer(3.0, lambda: os.kill(gateway.process.pid, signal.SIGKILL))
-    killer.start()
-    _run_traffic(gateway.url, 5, results)
-    killer.join()
+    # The kill comes after 30 acknowledged searches (not after a fixed time, which a busy machine may not reach).
+    killed_at: list[float] = []
+
+    def kill_after_30(res: dict) -> bool:
+        if not killed_at and len(res["impressions"]) >= 30:
+            os.kill(gateway.process.pid, signal.SIGKILL)
+            killed_at.append(time.monotonic())
+        return bool(killed_at) and time.monotonic() - killed_at[0] > 1.0
+
+    _run_traffic(gateway.url, 60, results, until=kill_after_30)
+    assert killed_at, "the gateway never acknowledged 30 searches"
     gateway.process.wait(30)
     gateway.log.close()
     assert len(results["impressions"]) > 20
