@@ -40,6 +40,7 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     impression_ttl_s: float = 3600.0
     impression_cache_size: int = 1_000_000
+    query_cache: int = 0                  # query embeddings kept (LRU, gateway/query_cache.py); 0 = off
     admin_api_key: str | None = None
     access_log: bool = True
     log_level: str = "info"
@@ -74,6 +75,8 @@ class Settings:
             raise bad("events_flush_s", "must be between 0.05 and 60 seconds")
         if self.impression_ttl_s <= 0 or self.impression_cache_size < 1:
             raise bad("impression_ttl_s", "impression_ttl_s and impression_cache_size must be positive")
+        if self.query_cache < 0:
+            raise bad("query_cache", "must be >= 0 (query embeddings to keep; 0 turns the cache off)")
         if (self.default_encoder is None) != (self.default_index is None):
             raise bad("default_encoder", "default_encoder and default_index go together: set both or neither")
         if not 0 < self.port < 65536:
