@@ -9,6 +9,9 @@ fill without waiting; at low load a request waits at most `max_wait_ms`.
 
 `workers` batches of one encoder may run at once (threads in the shared executor); ONNX Runtime sessions and
 FAISS searches are thread-safe.
+
+With a `QueryCache` (gateway/query_cache.py; `--query-cache N`), queries already encoded by this encoder skip
+ONNX: only the batch's new texts are encoded.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ class BatcherClosed(RuntimeError):
 
 class MicroBatcher:
     def __init__(self, encoder, executor: Executor, *, max_batch: int = 32, max_wait_ms: float = 2.0,
-                 workers: int = 1, on_batch: Callable[[int], None] | None = None) -> None:
+                 workers: int = 1, on_batch: Callable[[int], None] | None = None, cache=None) -> None:
         self.encoder = encoder
+        self.cache = cache      # gateway.query_cache.QueryCache, or None
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self._executor = executor
@@ -101,7 +105,9 @@ class MicroBatcher:
 
     def _work(self, batch: list[_Item]) -> list[list[Hit]]:
         """In a worker thread: one encode for the whole batch, one search per distinct index."""
-        vectors = self.encoder.encode([item.query for item in batch], batch_size=len(batch))
+        queries = [item.query for item in batch]
+        vectors = (self.cache.encode(self.encoder, queries) if self.cache is not None
+                   else self.encoder.encode(queries, batch_size=len(batch)))
         results: list[list[Hit]] = [[] for _ in batch]
         groups: dict[int, list[int]] = {}
         for i, item in enumerate(batch):

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-workers", type=int)
     p.add_argument("--max-batch", type=int, help="most queries in one ONNX call (default 32)")
     p.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 2 ms)")
+    p.add_argument("--query-cache", type=int,
+                   help="query embeddings to keep in an LRU cache (repeated queries skip ONNX); default 0 = off")
     p.add_argument("--dsn", help="event store DSN (chdb:///abs/path or http://host:8123/?database=abgate)")
     p.add_argument("--no-events", dest="log_events", action="store_false", default=None,
                    help="do not log impressions and feedback (benchmarks only)")
@@ -42,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 SETTING_FLAGS = ("experiments_dir", "layer", "artifacts_dir", "state_file", "default_encoder", "default_index",
                  "force", "host", "port", "device", "encoder_threads", "batch_workers", "max_batch", "max_wait_ms",
-                 "dsn", "log_events", "spool_dir", "events_flush_s", "max_body_bytes", "access_log", "log_level")
+                 "query_cache", "dsn", "log_events", "spool_dir", "events_flush_s", "max_body_bytes", "access_log", "log_level")
 
 
 def preflight(settings: Settings):

@@ -8,6 +8,7 @@
     abgate_event_queue_depth                                events waiting in the writer
     abgate_events_written_total / _spilled_total / _dropped_total   from EventWriter.stats()
     abgate_batcher_queue_depth                              queries waiting for a micro-batch
+    abgate_query_cache_hits_total / _misses_total, abgate_query_cache_entries   (when --query-cache > 0)
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256)
 class _LiveCollector:
     """Reads the writer's stats() and batcher depths at scrape time: no bookkeeping on the request path."""
 
-    def __init__(self, writer_stats: Callable[[], dict], batcher_depth: Callable[[], int]) -> None:
+    def __init__(self, writer_stats: Callable[[], dict], batcher_depth: Callable[[], int],
+                 cache_stats: Callable[[], dict] | None = None) -> None:
         self._writer_stats = writer_stats
         self._batcher_depth = batcher_depth
+        # The query cache lives in the runtime whose queue_depth is passed in: take its stats from there
+        # unless given explicitly (Runtime.query_cache_stats; {} when the cache is off).
+        owner = getattr(batcher_depth, "__self__", None)
+        self._cache_stats = cache_stats or getattr(owner, "query_cache_stats", None)
 
     def collect(self):
         stats = self._writer_stats() or {}
@@ -40,6 +46,15 @@ class _LiveCollector:
         batcher = GaugeMetricFamily("abgate_batcher_queue_depth", "Queries waiting for a micro-batch")
         batcher.add_metric([], float(self._batcher_depth()))
         yield batcher
+        cache = self._cache_stats() if self._cache_stats else {}
+        if cache:
+            for name in ("hits", "misses"):
+                family = CounterMetricFamily(f"abgate_query_cache_{name}", f"Query-embedding cache {name}")
+                family.add_metric([], float(cache[name]))
+                yield family
+            size = GaugeMetricFamily("abgate_query_cache_entries", "Query embeddings in the cache")
+            size.add_metric([], float(cache["size"]))
+            yield size
 
 
 def _pick(stats: dict, *names: str) -> float:
@@ -63,8 +78,9 @@ class GatewayMetrics:
         self.batch_size = Histogram("abgate_microbatch_size", "Queries per ONNX call", buckets=BATCH_BUCKETS,
                                     registry=self.registry)
 
-    def watch(self, writer_stats: Callable[[], dict], batcher_depth: Callable[[], int]) -> None:
-        self.registry.register(_LiveCollector(writer_stats, batcher_depth))
+    def watch(self, writer_stats: Callable[[], dict], batcher_depth: Callable[[], int],
+              cache_stats: Callable[[], dict] | None = None) -> None:
+        self.registry.register(_LiveCollector(writer_stats, batcher_depth, cache_stats))
 
     def observe_search(self, experiment: str, arm: str, seconds: float) -> None:
         self.searches.labels(experiment, arm).inc()

@@ -27,6 +27,7 @@ from gateway.assignment import Assigner, Assignment
 from gateway.batcher import MicroBatcher
 from gateway.encoder import Encoder
 from gateway.errors import InputError
+from gateway.query_cache import QueryCache
 from gateway.search import VectorIndex
 from gateway.settings import Settings
 
@@ -65,6 +66,8 @@ class Runtime:
         self._indexes: dict[str, VectorIndex] = {}
         self._batchers: dict[tuple, MicroBatcher] = {}
         self._reload_lock = asyncio.Lock()
+        # One cache for every encoder: entries are keyed by encoder checksum, so arms never share vectors.
+        self.query_cache = QueryCache(settings.query_cache) if settings.query_cache > 0 else None
         self.serving: Serving | None = None
 
     # -- keys -------------------------------------------------------------------------------------------
@@ -126,7 +129,7 @@ class Runtime:
             s = self.settings
             self._batchers[ekey] = MicroBatcher(encoder, self.executor, max_batch=s.max_batch,
                                                 max_wait_ms=s.max_wait_ms, workers=s.batch_workers,
-                                                on_batch=self._on_batch)
+                                                on_batch=self._on_batch, cache=self.query_cache)
         return self._batchers[ekey]
 
     async def start(self) -> Serving:
@@ -174,6 +177,10 @@ class Runtime:
 
     def queue_depth(self) -> int:
         return sum(b.depth for b in list(self._batchers.values()))  # a reload may add one meanwhile
+
+    def query_cache_stats(self) -> dict:
+        """Hits, misses, size and capacity of the query-embedding cache; {} when it is off."""
+        return self.query_cache.stats() if self.query_cache is not None else {}
 
     @property
     def ready(self) -> bool:
