@@ -12,6 +12,7 @@ skips finished stages, and changed arms start the store afresh.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -24,6 +25,12 @@ from gateway.errors import AbgateError
 
 AB, AA = "finetune-vs-baseline", "aa-baseline"
 ARMS = ("baseline", "finetuned")
+# The A/B test's primary metric and its share of the demo layer (experiments/demo/*.yaml; the volume study
+# must test what the report tests). MRR of the first click was chosen by sensitivity: docs/demo.md.
+PRIMARY = "mrr"
+AB_SHARE = 0.9              # finetune-vs-baseline holds layer buckets [0, 9000); aa-baseline [9000, 10000)
+TARGET_POWER = 0.9
+QUERY_CACHE = 10_000        # the gateway's query-embedding cache (SciFact test has 300 distinct queries)
 
 
 def demo_dir(ctx: Context) -> Path:
@@ -39,13 +46,21 @@ def arm_checksums(ctx: Context) -> dict:
     return out
 
 
+def experiments_checksum(ctx: Context) -> str:
+    """Of the demo's experiment files: new buckets or metrics make earlier traffic another experiment's."""
+    digest = hashlib.sha256()
+    for path in sorted(ctx.path("experiments", "demo").glob("*.yaml")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def reset_store_if_stale(ctx: Context, fresh: bool) -> dict:
-    """The traffic record; the store is wiped when asked or when the arms changed since it was filled."""
+    """The traffic record; the store is wiped when asked or when the arms or experiments changed since."""
     folder = demo_dir(ctx)
     record = _json(folder / "traffic.json") or {}
-    current = arm_checksums(ctx)
+    current = arm_checksums(ctx) | {"experiments": experiments_checksum(ctx)}
     # A stage cut short (Ctrl-C) left some of its users in the store: replaying it would count them twice.
-    why = ("asked" if fresh else "the arms changed" if record and record.get("arms") != current else
+    why = ("asked" if fresh else "the arms or the experiments changed" if record and record.get("arms") != current else
            "the last run stopped in the middle of a stage" if record.get("running") else None)
     if why:
         log(f"starting the store afresh ({why})")
@@ -75,29 +90,35 @@ def evaluate_offline(ctx: Context) -> dict:
     return results
 
 
-VOLUMES = (500, 1000, 2000, 4000, 8000, 16000, 32000)   # users in one experiment, both arms
+VOLUMES = (1000, 2000, 4000, 8000, 10000, 12000, 14000, 16000, 24000, 32000)  # users in one experiment
 
 
 def plan_volume(ctx: Context, reps: int = 100) -> dict:
-    """`abgate simulate-volume` on the offline rankings: the A/B power and the A/A false-positive rate per
-    volume, and from them the demo's stages. Cached in artifacts/demo/volume.json (keyed by the rankings)."""
+    """`abgate simulate-volume` on the offline rankings, testing the demo's primary metric: the A/B power and
+    the A/A false-positive rate per volume, and from them the demo's stages: the layer users that put the
+    volume for TARGET_POWER into the A/B test, with a first look at 60% of it (the sequential test allows
+    looks). Cached in artifacts/demo/volume.json (keyed by the rankings and the plan's settings)."""
     folder = demo_dir(ctx)
     files = {arm: folder / f"offline-{arm}.json" for arm in ARMS}
-    key = {arm: (_json(f) or {}).get("run_id") for arm, f in files.items()}
+    key = {arm: (_json(f) or {}).get("run_id") for arm, f in files.items()} | {
+        "metric": PRIMARY, "share": AB_SHARE, "target": TARGET_POWER, "volumes": list(VOLUMES), "reps": reps}
     cached = _json(folder / "volume.json")
     if cached and cached.get("key") == key:
-        log(f"volume study: done already (A/B needs {cached['ab']['users_needed']} users for 80% power)")
+        log(f"volume study: done already (A/B needs {cached['ab']['users_needed']} users for "
+            f"{TARGET_POWER:.0%} power on {PRIMARY}; stages {cached['stages']})")
         return cached
-    log(f"volume study: abgate simulate-volume ({reps} replications per volume)")
-    common = ["--data", str(ctx.data), "--reps", str(reps), "--users", *map(str, VOLUMES)]
+    log(f"volume study: abgate simulate-volume on {PRIMARY} ({reps} replications per volume)")
+    common = ["--data", str(ctx.data), "--reps", str(reps), "--users", *map(str, VOLUMES), "--metric", PRIMARY,
+              "--target", str(TARGET_POWER)]
     ab = run_cli_json(ctx, "simulate-volume", str(files["baseline"]), str(files["finetuned"]), *common)
     aa = run_cli_json(ctx, "simulate-volume", str(files["baseline"]), str(files["baseline"]), *common)
     needed = ab["users_needed"] or VOLUMES[-1]
-    # Stages count users over the whole layer, twice the A/B experiment's share.
-    plan = {"key": key, "ab": ab, "aa": aa, "stages": [needed, 2 * needed, 3 * needed]}
+    layer = int(-(-needed / AB_SHARE // 100) * 100)  # stages count users over the whole layer; rounded up
+    plan = {"key": key, "ab": ab, "aa": aa, "ab_share": AB_SHARE, "target_power": TARGET_POWER,
+            "stages": [int(round(0.6 * layer, -2)), layer]}
     (folder / "volume.json").write_text(json.dumps(plan, indent=2))
-    log(f"volume study: A/B needs {ab['users_needed']} users for 80% power; A/A false positives "
-        f"{max(p['wrong_sequential'] for p in aa['points']):.1%} at most; stages {plan['stages']}")
+    log(f"volume study: A/B needs {ab['users_needed']} users for {TARGET_POWER:.0%} power on {PRIMARY}; A/A "
+        f"false positives {max(p['wrong_sequential'] for p in aa['points']):.1%} at most; stages {plan['stages']}")
     return plan
 
 
@@ -112,7 +133,8 @@ class Gateway:
         self.env = dict(ctx.env, ABGATE_EXPERIMENTS_DIR=str(ctx.path("experiments", "demo")), ABGATE_LAYER="demo",
                         ABGATE_ARTIFACTS_DIR=str(ctx.work), ABGATE_PORT=str(port), ABGATE_HOST="127.0.0.1",
                         ABGATE_SPOOL_DIR=str(folder / "spool"), ABGATE_STATE_FILE=str(folder / "state.json"),
-                        ABGATE_ACCESS_LOG="false", ABGATE_LOG_LEVEL="warning", ABGATE_ENCODER_THREADS="1")
+                        ABGATE_ACCESS_LOG="false", ABGATE_LOG_LEVEL="warning", ABGATE_ENCODER_THREADS="1",
+                        ABGATE_QUERY_CACHE=str(QUERY_CACHE))
 
     def start(self, timeout_s: float = 300.0) -> None:
         log(f"starting the gateway on {self.url} (log: {self.log_path.relative_to(self.ctx.work)})")
@@ -165,7 +187,7 @@ def verdict(report: dict) -> dict:
     primary = next((c for c in report.get("comparisons", []) if c.get("role") == "primary"), {})
     lift = primary.get("relative_sequential") or primary.get("relative") or {}
     return {"status": v.get("status"), "winner": v.get("winner"), "headline": v.get("headline"),
-            "reasons": v.get("reasons", []), "srm": (report.get("srm") or {}).get("status"),
+            "reasons": v.get("reasons", []), "primary_metric": primary.get("metric"), "srm": (report.get("srm") or {}).get("status"),
             "units": (report.get("traffic") or {}).get("units"),
             "impressions": (report.get("traffic") or {}).get("impressions"),
             "primary_lift": {k: lift.get(k) for k in ("lift", "ci_low", "ci_high", "p_value")}}
@@ -195,10 +217,13 @@ def serve_and_simulate(ctx: Context, args, offline: dict, record: dict) -> dict:
             started = time.perf_counter()
             sim = run_cli_json(ctx, "simulate", "--url", gateway.url, "--data", str(ctx.data),
                                "--users", str(users - previous), "--seed", str(args.seed + number),
-                               "--prefix", f"demo-s{number}", "--concurrency", str(args.concurrency))
+                               "--prefix", f"demo-s{number}", "--concurrency", str(args.concurrency),
+                               "--max-seconds", "3600")
             gateway.stop()
             reports = read_reports(ctx)
             stage = {"users": users, "searches": sim.get("searches"), "clicks": sim.get("clicks"),
+                     "failed": (sim.get("failed_searches") or 0) + (sim.get("failed_feedback") or 0),
+                     "searches_per_s": sim.get("searches_per_s"),
                      "seconds": round(time.perf_counter() - started, 1),
                      "verdicts": {name: verdict(r) for name, r in reports.items()}}
             record["stages"].append(stage)
@@ -252,20 +277,22 @@ def print_outcome(result: dict, as_json: bool) -> None:
     plan = result.get("volume_study")
     if plan:
         power = ", ".join(f"{p['users']}: {p['power_sequential']:.2f}" for p in plan["ab"]["points"])
-        print(f"Volume study (click model replayed over the offline rankings, {plan['ab']['points'][0]['reps']} "
-              f"runs per volume): sequential power by users in the A/B test: {power}")
-        print(f"  -> {plan['ab']['users_needed']} users for 80% power; A/A false-positive rate at most "
+        target = plan.get("target_power", 0.8)
+        print(f"Volume study on {plan['ab'].get('metric', 'ctr')} (click model replayed over the offline rankings, "
+              f"{plan['ab']['points'][0]['reps']} runs per volume): sequential power by users in the A/B test: "
+              f"{power}")
+        print(f"  -> {plan['ab']['users_needed']} users for {target:.0%} power; A/A false-positive rate at most "
               f"{max(p['wrong_sequential'] for p in plan['aa']['points']):.1%}")
     for s in result["stages"]:
-        print(f"  after {s['users']:>6} users ({s['searches']} searches): A/B winner: "
+        print(f"  after {s['users']:>6} users ({s['searches']} searches, {s.get('searches_per_s')}/s): A/B winner: "
               f"{s['verdicts'][AB]['winner'] or 'none yet'}; A/A winner: {s['verdicts'][AA]['winner'] or 'none'}")
     print(f"A/B verdict: {result['ab']['headline']}")
     lift = result["ab"]["primary_lift"]
     if lift.get("lift") is not None:
-        print(f"  CTR lift {lift['lift']:+.2%}, always-valid interval [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}]")
+        print(f"  {result['ab'].get('primary_metric') or 'primary metric'} lift {lift['lift']:+.2%}, always-valid interval [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}]")
     if result["agrees_with_offline"]:
         print(f"  online agrees with offline ({result['offline_winner']} better), significant after "
-              f"{result['users_needed']} users (whole layer; half in the A/B test)")
+              f"{result['users_needed']} users (whole layer; {AB_SHARE:.0%} of them in the A/B test)")
     else:
         print(f"  not significant yet at this volume; the estimate points "
               f"{'the same way as' if result['same_direction'] else 'against'} offline NDCG "

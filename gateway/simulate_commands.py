@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(func=simulate)
 
-    v = sub.add_parser("simulate-volume", help="power of the online CTR test vs traffic, by simulation",
+    v = sub.add_parser("simulate-volume", help="power of an online test (CTR, click share, MRR) vs traffic, by simulation",
                        description="Replays the click model many times over two arms' offline rankings "
                                    "(`abgate eval-offline --output` files) and reports, per volume, how often "
                                    "the sequential test names the arm with more expected clicks (power) or, "
@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--users", type=int, nargs="+", default=[250, 500, 1000, 2000, 4000, 8000],
                    help="volumes to study: users in the experiment (both arms)")
     v.add_argument("--reps", type=int, default=200, help="replications per volume")
+    v.add_argument("--metric", default="ctr", choices=("ctr", "click_share", "mrr"),
+                   help="the online metric tested (default ctr); compare them to pick a sensitive primary")
     v.add_argument("--target", type=float, default=0.8, help="power that counts as enough")
     v.add_argument("--tuning", type=float, default=5_000, help="the sequential test's tuning (total units)")
     v.add_argument("--seed", type=int, default=0)
@@ -122,12 +124,13 @@ def simulate_volume(args: argparse.Namespace) -> int:
     points = []
     for users in args.users:
         points += study(*probs, [users], reps=args.reps, population=population, model=model,
-                        tuning=args.tuning, seed=args.seed)
+                        tuning=args.tuning, seed=args.seed, metric=args.metric)
         p = points[-1]
-        print(f"simulate-volume: {users} users: power {p.power_sequential:.2f} (sequential), "
+        print(f"simulate-volume: {args.metric}, {users} users: power {p.power_sequential:.2f} (sequential), "
               f"{p.power_fixed:.2f} (fixed horizon), wrong-way {p.wrong_sequential:.3f}", file=sys.stderr)
     needed = volume_needed(points, args.target)
-    result = {"points": [p.as_dict() for p in points], "target_power": args.target, "users_needed": needed,
+    result = {"metric": args.metric, "tuning": args.tuning, "points": [p.as_dict() for p in points],
+              "target_power": args.target, "users_needed": needed,
               "expected_ctr": {"control": round(float(probs[0].sum(1).mean()), 4),
                                "treatment": round(float(probs[1].sum(1).mean()), 4)}}
     if args.json:

@@ -3,7 +3,8 @@
 Each arm's top-10 per test query comes from `abgate eval-offline --output` (the `per_query[q].top` lists: the
 very rankings the gateway serves, since it runs the same encoder and index). For each volume (users in the
 experiment, split 50/50 by a seeded draw as the hash would) and each replication, simulated users with the same
-population and click model as `abgate simulate` search and click; per-user clicks and searches give the CTR
+population and click model as `abgate simulate` search and click; per-user sums of the metric (clicks for CTR,
+searches with a click for click_share, the reciprocal rank of the first click for MRR) over searches give the
 ratio statistic, tested with the stats engine's sequential test (the demo experiments' design) and the
 fixed-horizon z-test. The share of replications that name the offline winner is the power at that volume; run
 with both arms on the same rankings it is the A/A false-positive rate.
@@ -30,7 +31,7 @@ class VolumePoint:
     power_sequential: float        # share of reps where the sequential test names `expected` the winner
     power_fixed: float             # same for the fixed-horizon z-test (valid only if looked at once)
     wrong_sequential: float        # share naming the other arm
-    mean_lift: float               # relative CTR lift, treatment vs control
+    mean_lift: float               # relative lift of the metric, treatment vs control
 
     def as_dict(self) -> dict:
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.__dict__.items()}
@@ -46,8 +47,24 @@ def click_matrix(rankings: Mapping[str, Sequence[str]], judgments: Judgments, mo
     return out
 
 
+METRICS = ("ctr", "click_share", "mrr")   # per-search numerators, as experiments/metrics.py defines them
+
+
+def _per_search(clicked: np.ndarray, metric: str) -> np.ndarray:
+    """One number per search from its (searches x k) clicks: clicks (ctr), any click (click_share), or the
+    reciprocal rank of the best-ranked click, 0 without one (mrr)."""
+    if metric == "ctr":
+        return clicked.sum(axis=1)
+    if metric == "click_share":
+        return clicked.any(axis=1).astype(float)
+    if metric == "mrr":
+        first = clicked.argmax(axis=1)
+        return np.where(clicked.any(axis=1), 1.0 / (first + 1), 0.0)
+    raise ValueError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+
+
 def _replicate(probs: tuple[np.ndarray, np.ndarray], users: int, population: Population, model: ClickModel,
-               rng: np.random.Generator) -> tuple[RatioStatistic, RatioStatistic]:
+               rng: np.random.Generator, metric: str = "ctr") -> tuple[RatioStatistic, RatioStatistic]:
     visits = 1 + rng.poisson(max(population.mean_visits - 1, 0), users)
     searches = np.zeros(users, dtype=int)
     for v in range(int(visits.max())):  # searches per visit: 1 + Poisson, only for users still visiting
@@ -58,8 +75,8 @@ def _replicate(probs: tuple[np.ndarray, np.ndarray], users: int, population: Pop
     owner = np.repeat(np.arange(users), searches)   # the user of each search
     queries = rng.integers(0, probs[0].shape[0], owner.size)
     p = np.where(arm[owner, None], probs[1][queries], probs[0][queries]) * propensity[owner, None]
-    clicks_per_search = (rng.random(p.shape) < np.clip(p, 0, 1)).sum(axis=1)
-    clicks = np.bincount(owner, weights=clicks_per_search, minlength=users)
+    per_search = _per_search(rng.random(p.shape) < np.clip(p, 0, 1), metric)
+    clicks = np.bincount(owner, weights=per_search, minlength=users)
     stats = []
     for mask in (~arm, arm):
         c, s = clicks[mask], searches[mask].astype(float)
@@ -69,8 +86,10 @@ def _replicate(probs: tuple[np.ndarray, np.ndarray], users: int, population: Pop
 
 def study(control: np.ndarray, treatment: np.ndarray, volumes: Sequence[int], *, reps: int = 200,
           population: Population = Population(), model: ClickModel = ClickModel(), alpha: float = 0.05,
-          tuning: float = 5_000, seed: int = 0) -> list[VolumePoint]:
-    """Power of the CTR test at each volume, for `treatment` (q x k click probabilities) vs `control`."""
+          tuning: float = 5_000, seed: int = 0, metric: str = "ctr") -> list[VolumePoint]:
+    """Power of the test on `metric` (METRICS) at each volume, for `treatment` (q x k click probabilities) vs
+    `control`. Every metric here rises with more expected clicks near the top, so the arm with more expected
+    clicks is the one that should win."""
     expected = np.sign(treatment.sum() - control.sum())  # more expected clicks: the arm that should win
     points = []
     for users in volumes:
@@ -78,7 +97,7 @@ def study(control: np.ndarray, treatment: np.ndarray, volumes: Sequence[int], *,
         seq_right = seq_wrong = fixed_right = 0
         lifts = []
         for _ in range(reps):
-            c, t = _replicate((control, treatment), users, population, model, rng)
+            c, t = _replicate((control, treatment), users, population, model, rng, metric)
             s = sequential_test(c, t, relative=True, alpha=alpha, tuning=tuning)
             f = z_test(c, t, relative=True, alpha=alpha)
             if s.lift is not None:

@@ -309,3 +309,23 @@ def test_volume_study_finds_power_for_a_real_difference_and_none_for_aa():
     assert volume_needed(points, 0.8) in (400, None) and volume_needed(points, 0.0) == 20
     aa = study(control, control, [400], reps=100, model=model, seed=2)[0]
     assert aa.power_sequential == 0 and aa.wrong_sequential <= 0.05  # false positives at most alpha
+
+
+def test_volume_study_metrics_per_search_and_their_power():
+    from gateway.volume import _per_search, click_matrix, study
+
+    clicked = np.array([[False, True, True], [False, False, False], [True, False, False]])
+    np.testing.assert_allclose(_per_search(clicked, "ctr"), [2, 0, 1])
+    np.testing.assert_allclose(_per_search(clicked, "click_share"), [1, 0, 1])
+    np.testing.assert_allclose(_per_search(clicked, "mrr"), [0.5, 0, 1])
+    with pytest.raises(ValueError, match="unknown metric"):
+        _per_search(clicked, "ndcg")
+    judgments = _judgments_for(50)
+    model = ClickModel()
+    control = click_matrix({q: ["a", "b", f"rel{q}"] for q in judgments.queries}, judgments, model)
+    treatment = click_matrix({q: [f"rel{q}", "a", "b"] for q in judgments.queries}, judgments, model)
+    # Moving the relevant document from 3rd to 1st triples its reciprocal rank: MRR sees it at least as soon.
+    ctr, mrr = (study(control, treatment, [150], reps=40, model=model, seed=3, metric=m)[0] for m in ("ctr", "mrr"))
+    assert mrr.power_sequential >= ctr.power_sequential and mrr.mean_lift > ctr.mean_lift > 0
+    aa = study(control, control, [400], reps=100, model=model, seed=4, metric="mrr")[0]
+    assert aa.wrong_sequential <= 0.05
