@@ -93,7 +93,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 log.warning("event store not connected at start; events wait in the spool",
                             error=gw.writer.stats()["last_error"])
             gw.stored_impressions = StoredImpressions(gw.writer, gw.impressions, flush_s=settings.events_flush_s)
-        metrics.watch(lambda: gw.writer.stats() if gw.writer is not None else {}, gw.runtime.queue_depth)
+        metrics.watch(lambda: gw.writer.stats() if gw.writer is not None else {}, gw.runtime.queue_depth,
+                      gw.runtime.query_cache_stats)
         _on_sighup(gw)
         log.info("gateway ready", layer=settings.layer, events="on" if gw.writer else "off",
                  max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms)

@@ -29,10 +29,7 @@ class _LiveCollector:
                  cache_stats: Callable[[], dict] | None = None) -> None:
         self._writer_stats = writer_stats
         self._batcher_depth = batcher_depth
-        # The query cache lives in the runtime whose queue_depth is passed in: take its stats from there
-        # unless given explicitly (Runtime.query_cache_stats; {} when the cache is off).
-        owner = getattr(batcher_depth, "__self__", None)
-        self._cache_stats = cache_stats or getattr(owner, "query_cache_stats", None)
+        self._cache_stats = cache_stats     # e.g. Runtime.query_cache_stats: {} when the cache is off
 
     def collect(self):
         stats = self._writer_stats() or {}

@@ -80,7 +80,7 @@ def test_counters_in_metrics(baseline_encoder, scifact_dir):
         runtime.query_cache.encode(baseline_encoder, queries)
         runtime.query_cache.encode(baseline_encoder, queries[:1])
         metrics = GatewayMetrics()
-        metrics.watch(lambda: {}, runtime.queue_depth)
+        metrics.watch(lambda: {}, runtime.queue_depth, runtime.query_cache_stats)
         text = metrics.render().decode()
         assert "abgate_query_cache_hits_total 1.0" in text
         assert "abgate_query_cache_misses_total 3.0" in text
@@ -90,7 +90,7 @@ def test_counters_in_metrics(baseline_encoder, scifact_dir):
     off = Runtime(Settings(state_file=None))
     try:
         metrics = GatewayMetrics()
-        metrics.watch(lambda: {}, off.queue_depth)
+        metrics.watch(lambda: {}, off.queue_depth, off.query_cache_stats)
         assert off.query_cache is None and "abgate_query_cache" not in metrics.render().decode()
     finally:
         off.executor.shutdown()
