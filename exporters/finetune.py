@@ -37,7 +37,7 @@ class FinetuneSettings:
     lr: float = 2e-5
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    max_length: int = 128           # training tokens per text; the saved model keeps the base's 256
+    max_length: int = 256           # training tokens per text (128 measured 0.0012 NDCG@10 lower)
     scale: float = 20.0             # MNRL logit scale (1 / temperature)
     seed: int = 42
     threads: int = 0                # torch intra-op threads; 0 = torch's default (all cores)
