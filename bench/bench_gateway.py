@@ -5,8 +5,10 @@ One run, same machine, same SciFact queries, same encoder and index, same ONNX t
 - reference: the queries encoded in batches of 32 and searched in-process (Encoder.encode + VectorIndex.search),
   measured before and after the gateway runs (their mean is the yardstick; both are reported);
 - gateway, events on: `abgate serve` (uvicorn on 127.0.0.1, a two-arm experiment, micro-batching, impressions
-  to the embedded ClickHouse through the EventWriter), driven by an httpx.AsyncClient with 32 requests in
-  flight; requests/s and p50/p99 latency as the client sees them;
+  to the embedded ClickHouse through the EventWriter), driven by bench/loadgen.py (a lean keep-alive client,
+  about 0.1 ms of CPU per request where httpx took 5) with 32 requests in flight; requests/s and p50/p99
+  latency as the client sees them, and the server's CPU per request (from /proc, all threads) beside the
+  reference's CPU per query: a figure other jobs on the machine disturb much less than wall time;
 - gateway, events off (`--no-events`): the same, to price the event log.
 
     python bench/bench_gateway.py [--data DIR] [--quick] [--force] [--device cpu|cuda] [--encoder D --index D]
@@ -18,7 +20,6 @@ stderr; the last stdout line is the bench JSON (docs/architecture.md), also writ
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
@@ -33,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+import loadgen  # noqa: E402
 import machine  # noqa: E402
 
 CONCURRENCY = 32
@@ -80,8 +82,8 @@ def read_queries(data: Path, n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def reference(encoder_dir: Path, index_dir: Path, queries: list[str], threads: int, device: str) -> float:
-    """Queries per second: encode in batches of 32, search each batch, in this process."""
+def reference(encoder_dir: Path, index_dir: Path, queries: list[str], threads: int, device: str) -> tuple[float, float]:
+    """(queries per second, CPU ms per query): encode in batches of 32, search each batch, in this process."""
     from gateway.encoder import Encoder
     from gateway.search import VectorIndex
 
@@ -89,10 +91,10 @@ def reference(encoder_dir: Path, index_dir: Path, queries: list[str], threads: i
     index = VectorIndex.load(index_dir, encoder_checksum=encoder.checksum, gpu=device != "cpu")
     for start in range(0, 64, 32):  # warm-up
         index.search(encoder.encode(queries[start:start + 32], batch_size=32), 10)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(queries), 32):
         index.search(encoder.encode(queries[start:start + 32], batch_size=32), 10)
-    return len(queries) / (time.perf_counter() - started)
+    return len(queries) / (time.perf_counter() - started), (time.process_time() - cpu) * 1000 / len(queries)
 
 
 def write_experiment(folder: Path, encoder_dir: Path, index_dir: Path) -> None:
@@ -146,39 +148,33 @@ def start_server(workdir: Path, experiments: Path, events: bool, threads: int, d
     raise SystemExit("bench_gateway: the server was not ready in 120 s")
 
 
-async def drive(url: str, queries: list[str]) -> dict:
-    import httpx
+def server_cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process, all its threads (from /proc; 0.0 where /proc is missing)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    latencies: list[float] = []
-    failures = 0
-    next_item = iter(range(len(queries)))
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal failures
-        for i in next_item:
-            started = time.perf_counter()
-            response = await client.post("/v1/search", json={"query": queries[i], "unit_id": f"user-{i % 5000}",
-                                                             "k": 10})
-            latencies.append(time.perf_counter() - started)
-            failures += response.status_code != 200
-
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        warm = [client.post("/v1/search", json={"query": q, "unit_id": "warm"}) for q in queries[:64]]
-        await asyncio.gather(*warm)
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(CONCURRENCY)))
-        seconds = time.perf_counter() - started
-    latencies.sort()
-    return {"rps": len(queries) / seconds, "p50_ms": statistics.median(latencies) * 1000,
-            "p99_ms": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, "failures": failures}
+def drive(url: str, queries: list[str], pid: int) -> dict:
+    """32 requests in flight (bench/loadgen.py, a lean keep-alive client) until every query was sent once."""
+    host, port = url.rsplit("//", 1)[1].split(":")
+    bodies = [{"query": q, "unit_id": f"user-{i % 5000}", "k": 10} for i, q in enumerate(queries)]
+    loadgen.run(host, int(port), "/v1/search", [{"query": q, "unit_id": "warm"} for q in queries[:64]],
+                concurrency=CONCURRENCY, requests=64)
+    cpu0 = server_cpu_seconds(pid)
+    result = loadgen.run(host, int(port), "/v1/search", bodies, concurrency=CONCURRENCY, requests=len(bodies))
+    result["server_cpu_ms_per_request"] = (server_cpu_seconds(pid) - cpu0) * 1000 / len(bodies)
+    result["failures"] = result.pop("errors")
+    return result
 
 
 def run_gateway(workdir: Path, experiments: Path, queries: list[str], events: bool, args) -> dict:
     proc, url = start_server(workdir, experiments, events, args.threads, args.device, args.access_log,
                              args.max_wait_ms)
     try:
-        result = asyncio.run(drive(url, queries))
+        result = drive(url, queries, proc.pid)
         import httpx
         metrics = httpx.get(url + "/metrics").text
         count = next((float(l.split()[-1]) for l in metrics.splitlines()
@@ -200,7 +196,9 @@ def merge(runs: list[dict]) -> dict:
     seconds = sum(1 / r["rps"] for r in runs)
     return {"rps": len(runs) / seconds, "p50_ms": statistics.mean(r["p50_ms"] for r in runs),
             "p99_ms": max(r["p99_ms"] for r in runs), "failures": sum(r["failures"] for r in runs),
-            "mean_batch": statistics.mean(r["mean_batch"] for r in runs)}
+            "mean_batch": statistics.mean(r["mean_batch"] for r in runs),
+            "server_cpu_ms_per_request": statistics.mean(r["server_cpu_ms_per_request"] for r in runs),
+            "client_cpu_ms_per_request": statistics.mean(r["client_cpu_ms_per_request"] for r in runs)}
 
 
 def main() -> int:
@@ -225,7 +223,7 @@ def main() -> int:
     idle = machine.wait_until_idle(force=args.force)
     before = machine.snapshot()
     progress(f"reference: {n} queries in batches of 32, in-process ({encoder_dir.name}, {index_dir.name})")
-    ref1 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
+    ref1, cpu1 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
     with tempfile.TemporaryDirectory(prefix="abgate-bench-") as tmp:
         workdir = Path(tmp)
         write_experiment(workdir / "experiments", encoder_dir, index_dir)
@@ -237,9 +235,10 @@ def main() -> int:
             halves[events].append(run_gateway(workdir, workdir / "experiments", part, events, args))
         on, off = merge(halves[True]), merge(halves[False])
     progress("reference again")
-    ref2 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
+    ref2, cpu2 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
     after = machine.snapshot()
     ref = (ref1 + ref2) / 2
+    ref_cpu = (cpu1 + cpu2) / 2
     sfx = f" ({args.label})" if args.label else ""
     refname = f"in-process encode+search, batches of 32, {args.device}{sfx}"
     figures = [
@@ -256,6 +255,16 @@ def main() -> int:
         {"name": f"events on / events off{sfx}", "value": round(on["rps"] / off["rps"], 3), "unit": "x",
          "ratio": round(on["rps"] / off["rps"], 3), "reference": "gateway with --no-events, same run",
          "goal": ">= 0.95"},
+        {"name": f"server CPU per request, events on{sfx}", "value": round(on["server_cpu_ms_per_request"], 2),
+         "unit": "ms", "ratio": round(ref_cpu / on["server_cpu_ms_per_request"], 3),
+         "reference": f"in-process CPU per query {ref_cpu:.2f} ms (ratio = efficiency, 1 = no serving overhead)",
+         "goal": None},
+        {"name": f"server CPU per request, events off{sfx}", "value": round(off["server_cpu_ms_per_request"], 2),
+         "unit": "ms", "ratio": round(off["server_cpu_ms_per_request"] / on["server_cpu_ms_per_request"], 3),
+         "reference": "server CPU per request with events on (ratio = the CPU-time view of events on / off)",
+         "goal": None},
+        {"name": f"load generator CPU per request{sfx}", "value": round(on["client_cpu_ms_per_request"], 3),
+         "unit": "ms", "ratio": None, "reference": None, "goal": None},
         {"name": f"mean micro-batch size, events on{sfx}", "value": round(on["mean_batch"], 1), "unit": "queries",
          "ratio": None, "reference": None, "goal": None},
     ]

@@ -5,8 +5,9 @@ mean pooling, installed in its own venv by bench/setup_infinity.sh (never in abg
 model exported by `abgate export-model`, and does more per request: it assigns an arm, searches the FAISS
 index of SciFact (5,183 documents) and logs the impression to the embedded ClickHouse store.
 
-Both servers get the same closed-loop load from this process (httpx, one SciFact test query per request) at
-concurrency 1, 8 and 32, one server at a time, each after a warm-up. Figures: requests/s and p50/p99 latency
+Both servers get the same closed-loop load from this process (bench/loadgen.py, a lean keep-alive HTTP/1.1
+client, one SciFact query per request) at concurrency 1, 8 and 32, one server at a time, each after a warm-up;
+each server's CPU per request (from /proc) is reported beside its throughput. Figures: requests/s and p50/p99 latency
 per server and concurrency, and abgate/infinity ratios; plus in-process ONNX Runtime throughput at batch 32
 (abgate's Encoder, no server) as the ceiling both are measured against.
 
@@ -16,11 +17,9 @@ per server and concurrency, and abgate/infinity ratios; plus in-process ONNX Run
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,11 +27,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import httpx
-
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+import loadgen  # noqa: E402
 import machine  # noqa: E402
 
 INFINITY_VENV = HERE / ".venv-infinity"
@@ -102,49 +100,39 @@ def ensure_abgate_arm(data: Path) -> tuple[Path, Path]:
     return enc, idx
 
 
-async def closed_loop(url: str, make_body, concurrency: int, seconds: float, warmup_s: float) -> dict:
-    """`concurrency` clients, each sending its next request when the last one answers, for `seconds`."""
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60, trust_env=False) as client:
-        counter = 0
-        measuring_from = time.perf_counter() + warmup_s
-        end = measuring_from + seconds
-
-        async def worker() -> None:
-            nonlocal counter, errors
-            while True:
-                now = time.perf_counter()
-                if now >= end:
-                    return
-                counter += 1
-                started = time.perf_counter()
-                response = await client.post(url, json=make_body(counter))
-                finished = time.perf_counter()
-                if started >= measuring_from and finished <= end:
-                    if response.status_code == 200:
-                        latencies.append(finished - started)
-                    else:
-                        errors += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    if not latencies:
-        return {"rps": 0.0, "p50_ms": None, "p99_ms": None, "requests": 0, "errors": errors}
-    latencies.sort()
-    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
-    return {"rps": round(len(latencies) / seconds, 1), "p50_ms": round(statistics.median(latencies) * 1000, 2),
-            "p99_ms": round(p99 * 1000, 2), "requests": len(latencies), "errors": errors}
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a server process and its children so far (from /proc; 0.0 where it is missing)."""
+    total = 0.0
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        children = []
+    for p in [pid, *map(int, children)]:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
-def measure(name: str, url: str, make_body, levels: list[int], seconds: float) -> dict:
+def measure(name: str, url: str, make_body, levels: list[int], seconds: float, pid: int) -> dict:
+    """Closed loop per concurrency level (bench/loadgen.py), after a warm-up at the highest level."""
+    host, rest = url.split("//", 1)[1].split(":", 1)
+    port, path = int(rest.split("/", 1)[0]), "/" + rest.split("/", 1)[1]
+    bodies = [make_body(i) for i in range(4096)]
+    loadgen.run(host, port, path, bodies, concurrency=max(levels), seconds=3.0)  # sessions, caches, batches
     out = {}
-    asyncio.run(closed_loop(url, make_body, max(levels), 3.0, 0.0))  # warm-up: sessions, caches, batches
     for c in levels:
-        out[c] = asyncio.run(closed_loop(url, make_body, c, seconds, warmup_s=1.0))
+        cpu0 = cpu_seconds(pid)
+        out[c] = loadgen.run(host, port, path, bodies, concurrency=c, seconds=seconds, warmup_s=1.0)
+        cpu = cpu_seconds(pid) - cpu0
+        # CPU over the whole loop (warm-up second included) per request measured: a slight over-estimate.
+        out[c]["server_cpu_ms_per_request"] = round(cpu * 1000 / max(out[c]["requests"], 1), 2)
         out[c]["reference"] = machine.snapshot()
-        log(f"{name} c={c}: {out[c]['rps']} req/s, p50 {out[c]['p50_ms']} ms, p99 {out[c]['p99_ms']} ms "
-            f"(load {out[c]['reference']['load1']}, ORT ref {out[c]['reference']['ort_reference_ms']} ms)")
+        log(f"{name} c={c}: {out[c]['rps']} req/s, p50 {out[c]['p50_ms']} ms, p99 {out[c]['p99_ms']} ms, "
+            f"server CPU {out[c]['server_cpu_ms_per_request']} ms/request (load {out[c]['reference']['load1']}, "
+            f"ORT ref {out[c]['reference']['ort_reference_ms']} ms)")
     return out
 
 
@@ -162,7 +150,7 @@ def run_infinity(queries: list[str], levels: list[int], seconds: float, work: Pa
         wait_ready(f"http://127.0.0.1:{port}/health", proc, 180, "infinity", log_path)
         url = f"http://127.0.0.1:{port}/embeddings"
         return measure("infinity", url, lambda i: {"input": [queries[i % len(queries)]], "model": "."},
-                       levels, seconds)
+                       levels, seconds, proc.pid)
     finally:
         stop(proc)
 
@@ -187,7 +175,8 @@ design: {{alpha: 0.05, mde: 0.02, sequential: true}}
 """)
 
 
-def run_abgate(queries: list[str], levels: list[int], seconds: float, work: Path, enc: Path, idx: Path) -> dict:
+def run_abgate(queries: list[str], levels: list[int], seconds: float, work: Path, enc: Path, idx: Path,
+               threads: int, workers: int) -> dict:
     port = free_port()
     experiments = work / "experiments"
     experiments.mkdir()
@@ -195,7 +184,8 @@ def run_abgate(queries: list[str], levels: list[int], seconds: float, work: Path
     log_path = work / "gateway.log"
     env = dict(os.environ, **QUIET_ENV, ABGATE_EXPERIMENTS_DIR=str(experiments), ABGATE_PORT=str(port),
                ABGATE_DSN=f"chdb://{work / 'store'}", ABGATE_SPOOL_DIR=str(work / "spool"),
-               ABGATE_STATE_FILE=str(work / "state.json"), ABGATE_ACCESS_LOG="false", ABGATE_LOG_LEVEL="warning")
+               ABGATE_STATE_FILE=str(work / "state.json"), ABGATE_ACCESS_LOG="false", ABGATE_LOG_LEVEL="warning",
+               ABGATE_ENCODER_THREADS=str(threads), ABGATE_BATCH_WORKERS=str(workers))
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=REPO, env=env,
                                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
@@ -203,7 +193,7 @@ def run_abgate(queries: list[str], levels: list[int], seconds: float, work: Path
         wait_ready(f"http://127.0.0.1:{port}/readyz", proc, 300, "abgate serve", log_path)
         url = f"http://127.0.0.1:{port}/v1/search"
         return measure("abgate", url, lambda i: {"query": queries[i % len(queries)], "unit_id": f"u{i % 5000}",
-                                                 "k": 10}, levels, seconds)
+                                                 "k": 10}, levels, seconds, proc.pid)
     finally:
         stop(proc)
 
@@ -229,10 +219,12 @@ def figures(inf: dict, ab: dict, ceiling: float, levels: list[int]) -> list[dict
         out += [
             {"name": f"infinity /embeddings c={c}", "value": i["rps"], "unit": "req/s",
              "ratio": round(i["rps"] / ceiling, 3) if ceiling else None,
-             "reference": f"in-process ONNX batch 32; p99 {i['p99_ms']} ms", "goal": None},
+             "reference": f"in-process ONNX batch 32; p99 {i['p99_ms']} ms; server CPU "
+                          f"{i['server_cpu_ms_per_request']} ms/request", "goal": None},
             {"name": f"abgate /v1/search c={c}", "value": a["rps"], "unit": "req/s",
              "ratio": round(a["rps"] / i["rps"], 3) if i["rps"] else None,
-             "reference": f"infinity c={c}; p99 {a['p99_ms']} ms vs {i['p99_ms']} ms; {ref}",
+             "reference": f"infinity c={c}; p99 {a['p99_ms']} ms vs {i['p99_ms']} ms; server CPU "
+                          f"{a['server_cpu_ms_per_request']} vs {i['server_cpu_ms_per_request']} ms/request; {ref}",
              "goal": ">= 1.2x infinity"},
             {"name": f"abgate/infinity p99 c={c}", "value": a["p99_ms"], "unit": "ms",
              "ratio": round(a["p99_ms"] / i["p99_ms"], 3) if a["p99_ms"] and i["p99_ms"] else None,
@@ -247,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="5 s per level instead of 15")
     p.add_argument("--seconds", type=float, default=None)
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--abgate-threads", type=int, default=1, help="abgate's ONNX threads per batch (default 1)")
+    p.add_argument("--abgate-workers", type=int, default=2,
+                   help="abgate's batches in flight per encoder (default 2: one per core of this machine)")
     p.add_argument("--force", action="store_true", help="time even on a busy machine (figures marked busy)")
     args = p.parse_args(argv)
     idle = machine.wait_until_idle(5 if args.force else 60, force=args.force)
@@ -261,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         ceiling = in_process_reference(enc, queries)
         log(f"in-process ONNX Runtime, batch 32: {ceiling} texts/s")
         inf = run_infinity(queries, args.concurrency, seconds, work)
-        ab = run_abgate(queries, args.concurrency, seconds, work, enc, idx)
+        ab = run_abgate(queries, args.concurrency, seconds, work, enc, idx, args.abgate_threads,
+                        args.abgate_workers)
         after = machine.snapshot()
     best = max(args.concurrency, key=lambda c: ab[c]["rps"] / max(inf[c]["rps"], 1e-9))
     notes = (("BUSY MACHINE: " if idle["busy"] else "") + f"{seconds:g} s per level after a warm-up; reference before {before}, after {after}. "
