@@ -342,6 +342,21 @@ def test_impression_cache_expires_and_evicts():
     assert len(cache) == 1
 
 
+def test_impression_cache_entries_are_invisible_to_the_garbage_collector():
+    """A million GC-tracked entries make every full collection a long event-loop pause (gateway/impressions.py)."""
+    import gc
+
+    from gateway.impressions import ImpressionCache
+
+    cache = ImpressionCache()
+    for i in range(1000):
+        cache.add(f"id{i}", "exp", "arm", f"u{i}", [f"d{j}" for j in range(10)])
+    gc.collect()
+    gc.collect()  # a tuple is untracked once its items are: the inner doc-id tuples go first
+    assert not any(gc.is_tracked(entry) for entry in cache._entries.values())
+    assert cache.get("id7").unit_id == "u7" and cache.get("id7").doc_ids[-1] == "d9"
+
+
 def test_settings_from_environment_and_flags():
     from gateway.errors import InputError
     from gateway.settings import Settings
