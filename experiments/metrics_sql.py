@@ -37,6 +37,12 @@ UNIT_COLUMNS = {
     "conversions": "i_conversions",
     "zero_results": "i_results = 0",
 }
+# Appended to the main query. ClickHouse remembers the size of each join's hash table and preallocates it on
+# the next run of the same query (collect_hash_table_stats_during_joins); for this query's ~10M-row
+# parallel_hash join that made every build after the first in a process ~1.7x the CPU of the first (18 ->
+# 30-34 CPU-s, peak RSS 1.7 -> 2.4 GB at 10M impressions; docs/reports.md "Performance"). Off, later builds
+# cost what the first does. The aggregation statistics are harmless (turning them off changed nothing).
+SERIES_SETTINGS = "collect_hash_table_stats_during_joins = 0"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CUSTOM_FIELDS = FEEDBACK_FIELDS | IMPRESSION_FIELDS  # whitelisted in custom_metrics.py
 
@@ -196,7 +202,7 @@ searches AS (
                f"{''.join(', ' + x for x in sums)}\n"
                f"FROM steps ARRAY JOIN days AS day, day_searches AS day_imps, arrayEnumerate(days) AS k"
                f"{''.join(', ' + j for j in joins)}\n"
-               f"GROUP BY day, arm ORDER BY day, arm")
+               f"GROUP BY day, arm ORDER BY day, arm\nSETTINGS {SERIES_SETTINGS}")
         return sql, finals, charted_layout
 
     @staticmethod
