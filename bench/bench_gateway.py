@@ -82,18 +82,26 @@ def read_queries(data: Path, n: int) -> list[str]:
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def reference(encoder_dir: Path, index_dir: Path, queries: list[str], threads: int, device: str) -> tuple[float, float]:
-    """(queries per second, CPU ms per query): encode in batches of 32, search each batch, in this process."""
+def reference(encoder_dir: Path, index_dir: Path, queries: list[str], threads: int, device: str,
+              workers: int) -> tuple[float, float]:
+    """(queries per second, CPU ms per query): encode in batches of 32 and search each batch, in this process,
+    `workers` batches at a time: the same threads and parallelism the gateway gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from gateway.encoder import Encoder
     from gateway.search import VectorIndex
 
     encoder = Encoder.load(encoder_dir, threads=threads, device=device)
-    index = VectorIndex.load(index_dir, encoder_checksum=encoder.checksum, gpu=device != "cpu")
-    for start in range(0, 64, 32):  # warm-up
+    index = VectorIndex.load(index_dir, encoder_checksum=encoder.checksum, gpu=device != "cpu",
+                             threads=threads or None)
+
+    def batch(start: int) -> None:
         index.search(encoder.encode(queries[start:start + 32], batch_size=32), 10)
-    started, cpu = time.perf_counter(), time.process_time()
-    for start in range(0, len(queries), 32):
-        index.search(encoder.encode(queries[start:start + 32], batch_size=32), 10)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(batch, range(0, 64, 32)))  # warm-up
+        started, cpu = time.perf_counter(), time.process_time()
+        list(pool.map(batch, range(0, len(queries), 32)))
     return len(queries) / (time.perf_counter() - started), (time.process_time() - cpu) * 1000 / len(queries)
 
 
@@ -118,7 +126,7 @@ design: {{mde: 0.02}}
 
 
 def start_server(workdir: Path, experiments: Path, events: bool, threads: int, device: str, access_log: bool,
-                 max_wait_ms: float | None):
+                 max_wait_ms: float | None, workers: int = 1):
     import httpx
 
     with socket.socket() as s:
@@ -126,7 +134,8 @@ def start_server(workdir: Path, experiments: Path, events: bool, threads: int, d
         port = s.getsockname()[1]
     args = [sys.executable, "-m", "gateway.cli", "serve", "--experiments", str(experiments), "--port", str(port),
             "--state-file", str(workdir / "state.json"), "--dsn", f"chdb://{workdir / 'store'}",
-            "--spool-dir", str(workdir / "spool"), "--encoder-threads", str(threads), "--device", device]
+            "--spool-dir", str(workdir / "spool"), "--encoder-threads", str(threads), "--device", device,
+            "--batch-workers", str(workers)]
     args += [] if events else ["--no-events"]
     args += [] if access_log else ["--no-access-log"]
     args += [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
@@ -172,7 +181,7 @@ def drive(url: str, queries: list[str], pid: int) -> dict:
 
 def run_gateway(workdir: Path, experiments: Path, queries: list[str], events: bool, args) -> dict:
     proc, url = start_server(workdir, experiments, events, args.threads, args.device, args.access_log,
-                             args.max_wait_ms)
+                             args.max_wait_ms, args.workers)
     try:
         result = drive(url, queries, proc.pid)
         import httpx
@@ -207,6 +216,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="640 requests per measurement instead of 3,200")
     p.add_argument("--requests", type=int, default=None)
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads, same for reference and gateway")
+    p.add_argument("--workers", type=int, default=None,
+                   help="batches in flight: the gateway's --batch-workers and the reference's threads (default: "
+                        "the gateway's default)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--encoder")
     p.add_argument("--index")
@@ -218,12 +230,15 @@ def main() -> int:
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     n = args.requests or (640 if args.quick else 3200)
+    if args.workers is None:
+        from gateway.settings import Settings
+        args.workers = Settings().batch_workers
     encoder_dir, index_dir = find_artifacts(args.encoder, args.index, Path(args.data), args.docs)
     queries = read_queries(Path(args.data), n)
     idle = machine.wait_until_idle(force=args.force)
     before = machine.snapshot()
     progress(f"reference: {n} queries in batches of 32, in-process ({encoder_dir.name}, {index_dir.name})")
-    ref1, cpu1 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
+    ref1, cpu1 = reference(encoder_dir, index_dir, queries, args.threads, args.device, args.workers)
     with tempfile.TemporaryDirectory(prefix="abgate-bench-") as tmp:
         workdir = Path(tmp)
         write_experiment(workdir / "experiments", encoder_dir, index_dir)
@@ -235,12 +250,12 @@ def main() -> int:
             halves[events].append(run_gateway(workdir, workdir / "experiments", part, events, args))
         on, off = merge(halves[True]), merge(halves[False])
     progress("reference again")
-    ref2, cpu2 = reference(encoder_dir, index_dir, queries, args.threads, args.device)
+    ref2, cpu2 = reference(encoder_dir, index_dir, queries, args.threads, args.device, args.workers)
     after = machine.snapshot()
     ref = (ref1 + ref2) / 2
     ref_cpu = (cpu1 + cpu2) / 2
     sfx = f" ({args.label})" if args.label else ""
-    refname = f"in-process encode+search, batches of 32, {args.device}{sfx}"
+    refname = f"in-process encode+search, batches of 32, {args.workers} at a time, {args.device}{sfx}"
     figures = [
         {"name": f"in-process queries/s{sfx}", "value": round(ref, 1), "unit": "q/s", "ratio": None,
          "reference": None, "goal": None},
@@ -269,7 +284,7 @@ def main() -> int:
          "ratio": None, "reference": None, "goal": None},
     ]
     notes = (f"{n} SciFact queries per measurement; reference runs {ref1:.1f} and {ref2:.1f} q/s; "
-             f"{args.threads} ONNX thread(s); client on the same machine; failures on/off "
+             f"{args.threads} ONNX thread(s) x {args.workers} batch worker(s); client on the same machine; failures on/off "
              f"{on['failures']}/{off['failures']}; p50/p99 events off {off['p50_ms']:.1f}/{off['p99_ms']:.1f} ms; "
              f"load {before['load1']} -> {after['load1']}, ORT yardstick {before['ort_reference_ms']} -> "
              f"{after['ort_reference_ms']} ms" + ("; BUSY MACHINE: figures are low bounds" if idle["busy"] else ""))

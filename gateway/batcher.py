@@ -5,7 +5,8 @@ alone would spend most of its CPU on per-call overhead. Requests put (query, ind
 queue; a collector task takes whatever is queued, waits at most `max_wait_ms` for more (up to `max_batch`),
 and hands the batch to a worker thread (tokenize + infer + pool, then `VectorIndex.search` per index). The
 event loop never runs model or index code. While a batch runs, new requests queue up, so under load batches
-fill without waiting; at low load a request waits at most `max_wait_ms`.
+fill without waiting; at low load a request waits at most `max_wait_ms` (default 0: it never waits, which
+measured best on CPU at every concurrency; see docs/gateway.md "Benchmarks").
 
 `workers` batches of one encoder may run at once (threads in the shared executor); ONNX Runtime sessions and
 FAISS searches are thread-safe.
@@ -37,8 +38,8 @@ class BatcherClosed(RuntimeError):
 
 
 class MicroBatcher:
-    def __init__(self, encoder, executor: Executor, *, max_batch: int = 32, max_wait_ms: float = 2.0,
-                 workers: int = 1, on_batch: Callable[[int], None] | None = None, cache=None) -> None:
+    def __init__(self, encoder, executor: Executor, *, max_batch: int = 32, max_wait_ms: float = 0.0,
+                 workers: int = 2, on_batch: Callable[[int], None] | None = None, cache=None) -> None:
         self.encoder = encoder
         self.cache = cache      # gateway.query_cache.QueryCache, or None
         self.max_batch = max_batch

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder-threads", type=int)
     p.add_argument("--batch-workers", type=int)
     p.add_argument("--max-batch", type=int, help="most queries in one ONNX call (default 32)")
-    p.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 2 ms)")
+    p.add_argument("--max-wait-ms", type=float, help="longest wait for a batch to fill (default 0: greedy)")
     p.add_argument("--query-cache", type=int,
                    help="query embeddings to keep in an LRU cache (repeated queries skip ONNX); default 0 = off")
     p.add_argument("--dsn", help="event store DSN (chdb:///abs/path or http://host:8123/?database=abgate)")

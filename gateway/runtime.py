@@ -112,8 +112,11 @@ class Runtime:
             ipath = str(self.settings.resolve(arm.index))
             index = self._indexes.get(ipath)
             if index is None:
+                # FAISS gets the encoder's thread count: parallelism comes from the batch workers, and OpenMP
+                # threads of two concurrent batches would only fight over the same cores.
                 index = VectorIndex.load(ipath, encoder_checksum=encoder.checksum,
-                                         gpu=self.settings.device != "cpu")
+                                         gpu=self.settings.device != "cpu",
+                                         threads=self.settings.encoder_threads or None)
                 self._indexes[ipath] = index
             elif index.encoder_checksum != encoder.checksum:
                 VectorIndex.load(ipath, encoder_checksum=encoder.checksum)  # raises the clear mismatch error

@@ -29,10 +29,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     device: str = "auto"                  # auto | cpu | cuda
-    encoder_threads: int = 1              # ONNX Runtime intra-op threads per encoder
-    batch_workers: int = 1                # batches of one encoder running at once
+    # CPU serving: parallel single-threaded batches, not one multi-threaded one. ONNX Runtime's intra-op pool
+    # spins and collapses when anything else wants the cores (HTTP, the event writer, a neighbour): measured on
+    # 2 cores under load, 2 threads x 1 batch cost 18-34 ms of CPU per request, 1 thread x 2 batches 10-12 ms.
+    encoder_threads: int = 1              # ONNX Runtime intra-op threads per batch
+    batch_workers: int = 2                # batches of one encoder running at once (about one per core)
     max_batch: int = 32
-    max_wait_ms: float = 2.0
+    # 0 = greedy: a batch is whatever queued while the workers were busy, so a lone request never waits; a few
+    # ms can pay on a GPU, where one bigger batch costs about what a small one does.
+    max_wait_ms: float = 0.0
     log_events: bool = True
     dsn: str | None = None                # None: gateway.store.default_dsn()
     spool_dir: str = ".abgate/spool"
