@@ -126,6 +126,19 @@ def _metrics_table(report: dict) -> str:
     return f"<div class='card'><table id='metrics'>{head}{''.join(body)}</table></div>"
 
 
+def _cuped(report: dict) -> str:
+    """The primary metric's CUPED-adjusted lift beside the plain one (experiments/report.py `cuped`)."""
+    cuped, out = report.get("cuped") or {}, []
+    for r in cuped.get("comparisons", []):
+        adj, gain = r["cuped_relative"], r["variance_reduction"] or 0.0
+        text = escape(r["reason"]) if r["reason"] else (
+            f"lift {fmt_lift(adj.get('lift'))} {fmt_interval(adj)} vs plain {fmt_interval(r['plain_relative'])}, "
+            f"variance {'−' if gain >= 0 else '+'}{abs(gain):.0%}")
+        out.append(f"<div class='card' id='cuped'>CUPED ({escape(r['arm'])}, pre-period of "
+                   f"{cuped['pre_period']['days']} days): {text}</div>")
+    return "".join(out)
+
+
 def _guardrails(report: dict) -> str:
     if not report["guardrails"]:
         return ""
@@ -181,6 +194,7 @@ def render_report(report: dict) -> str:
         _summary(report),
         "<h2>Lifts</h2><div class='card'>" + charts.forest_plot(forest_rows(report)) + "</div>",
         _metrics_table(report),
+        _cuped(report),
         _guardrails(report),
         f"<h2>Over time</h2><div class='card'>" + charts.cumulative_lift(
             [p for p in cumulative["points"]],

@@ -120,6 +120,9 @@ class ExperimentData:
     daily: list[dict]                                           # {"day", "arm", "units", "impressions"}
     cumulative_metric: str | None = None
     cumulative: list[CumulativePoint] = field(default_factory=list)
+    # CUPED (design.cuped): the pre-period and, per arm, the cumulative metric's sums with its covariate
+    pre_window: tuple[datetime, datetime] | None = None
+    covariate: dict | None = None                               # arm -> stats.cuped.CovariateSums
 
     @property
     def total_impressions(self) -> int:
@@ -161,13 +164,16 @@ def collect(client, experiment, *, metrics: dict[str, MetricDef], database: str 
     from experiments import metrics_sql  # the SQL builder; kept apart so this module stays readable
 
     window = analysis_window(experiment.start, experiment.end, now)
-    query = metrics_sql.MetricQueries(database, experiment.name, window, dwell_threshold, metrics)
+    pre_days = getattr(getattr(experiment, "design", None), "cuped_pre_days", None)
+    pre_window = (experiment.start - timedelta(days=pre_days), experiment.start) \
+        if pre_days and experiment.start is not None else None
+    query = metrics_sql.MetricQueries(database, experiment.name, window, dwell_threshold, metrics, pre_window)
     metric = metrics.get(cumulative_metric) if cumulative_metric else None
-    stats, daily, by_day, traffic = query.series(client, metric)
+    stats, daily, by_day, traffic, covariate = query.series(client, metric)
     arms = query.arm_summaries(client, traffic)
     cumulative: list[CumulativePoint] = []
     if by_day:
         days = sorted(by_day)
         cumulative = [CumulativePoint(day, by_day[day]) for day in look_days(days[0], days[-1]) if day in by_day]
     return ExperimentData(experiment.name, window, metrics, stats, arms, daily,
-                          cumulative_metric if cumulative else None, cumulative)
+                          cumulative_metric if cumulative else None, cumulative, pre_window, covariate)

@@ -24,6 +24,7 @@ from datetime import date, datetime
 
 from experiments.custom_metrics import FEEDBACK_FIELDS, IMPRESSION_FIELDS
 from experiments.metrics import ArmSummary, CumulativePoint, MetricDef
+from experiments.stats.cuped import CovariateSums
 from experiments.stats.statistics import RatioStatistic, SampleMean
 
 # Per-unit columns: each is the sum over the unit's impressions of a per-impression value, computed from the
@@ -55,7 +56,8 @@ class MetricQueries:
     """Builds and runs the queries for one experiment, window and set of metrics."""
 
     def __init__(self, database: str, experiment: str, window: tuple[datetime | None, datetime],
-                 dwell_threshold: float, metrics: dict[str, MetricDef]) -> None:
+                 dwell_threshold: float, metrics: dict[str, MetricDef],
+                 pre_window: tuple[datetime, datetime] | None = None) -> None:
         if not _IDENT.match(database):
             raise ValueError(f"database name {database!r} is not a plain identifier")
         self.db = database
@@ -65,6 +67,9 @@ class MetricQueries:
         if window[0] is not None:
             self.params["start"] = _ts(window[0])
             self.start_clause = "AND ts >= {start:DateTime64(3, 'UTC')}"
+        self.pre_window = pre_window
+        if pre_window is not None:
+            self.params["pre_start"], self.params["pre_end"] = _ts(pre_window[0]), _ts(pre_window[1])
         self._imp_custom, self._fb_custom, self._unit_custom = self._custom_columns()
 
     # -- custom metrics: per-impression columns, then per-unit sums --------------------------------------
@@ -102,34 +107,39 @@ class MetricQueries:
         return imp, fb, unit
 
     # -- the shared CTEs ----------------------------------------------------------------------------------
-    def searches_cte(self) -> str:
+    def searches_cte(self, prefix: str = "", imp_where: str = "", fb_where: str = "") -> str:
+        """The `imp`, `fb` and `searches` CTEs (named with `prefix`); by default this experiment's enrolled
+        impressions in the window. The CUPED pre-period uses the same columns over other rows."""
+        imp_where = imp_where or (f"experiment = {{experiment:String}} AND enrolled {self.start_clause} "
+                                  f"AND ts < {{end:DateTime64(3, 'UTC')}}")
+        fb_where = fb_where or "experiment = {experiment:String}"
         imp_extra = "".join(", " + c for c in self._imp_custom)
         fb_extra = "".join(", " + c for c in self._fb_custom)
         fb_cols = "".join(f", fb.{c.rsplit(' AS ', 1)[1]} AS {c.rsplit(' AS ', 1)[1]}" for c in self._fb_custom)
         imp_cols = "".join(f", imp.{c.rsplit(' AS ', 1)[1]} AS {c.rsplit(' AS ', 1)[1]}" for c in self._imp_custom)
+        p = prefix
         return f"""
-imp AS (
+{p}imp AS (
     SELECT cityHash64(impression_id) AS imp_key, arm, unit_id, toDate(ts, 'UTC') AS day,
            doc_ids.size0 AS i_results{imp_extra}
     FROM {self.db}.impressions FINAL
-    WHERE experiment = {{experiment:String}} AND enrolled {self.start_clause}
-      AND ts < {{end:DateTime64(3, 'UTC')}}
+    WHERE {imp_where}
 ),
-fb AS (
+{p}fb AS (
     SELECT cityHash64(impression_id) AS imp_key,
            uniqExactIf(doc_id, type = 'click') AS i_clicks,
            minIf(position, type = 'click') AS i_first_click,
            maxIf(value, type = 'dwell') AS i_max_dwell,
            uniqExactIf(event_id, type = 'conversion') AS i_conversions{fb_extra}
     FROM {self.db}.feedback
-    WHERE experiment = {{experiment:String}}
+    WHERE {fb_where}
     GROUP BY imp_key
 ),
-searches AS (
+{p}searches AS (
     SELECT imp.arm AS arm, imp.unit_id AS unit_id, imp.day AS day, imp.i_results AS i_results,
            fb.i_clicks AS i_clicks, fb.i_first_click AS i_first_click, fb.i_max_dwell AS i_max_dwell,
            fb.i_conversions AS i_conversions{imp_cols}{fb_cols}
-    FROM imp LEFT JOIN fb ON imp.imp_key = fb.imp_key
+    FROM {p}imp AS imp LEFT JOIN {p}fb AS fb ON imp.imp_key = fb.imp_key
     SETTINGS join_use_nulls = 0
 )"""
 
@@ -185,25 +195,49 @@ searches AS (
                 arrays.append(f"arrayMap(({lam}) -> toFloat64({expr}), {cum}) AS {alias}")
                 joins += [f"{alias} AS {alias}v", f"arrayPopBack(arrayPushFront({alias}, 0.)) AS p{alias}v"]
             charted_layout = layout("cmv", "cdv" if charted.kind == "ratio" else None, "")
+        pre_ctes, cov_cols, cov_join, cov_layout = self._covariate(charted, columns, scalars, total)
         needed = {"searches"} | set(charted.columns if charted is not None else ())
         cum_arrays = ", ".join(
             f"arrayFilter((v, e) -> e, arrayCumSum(arraySort((v, d) -> d, groupArray(toFloat64({expr})), "
             f"groupArray(day))), ends) AS c_{n}" for n, expr in columns if n in needed)
         totals = ", ".join(f"sum(toFloat64({expr})) AS {n}" for n, expr in columns)
-        sql = (f"WITH {self.searches_cte()},\n"
-               f"units AS (SELECT arm, arraySort(groupArray(day)) AS all_days, arrayMap(k -> k = length(all_days) "
-               f"OR all_days[k] != all_days[k + 1], arrayEnumerate(all_days)) AS ends, "
+        sql = (f"WITH {self.searches_cte()},{pre_ctes}\n"
+               f"units AS (SELECT arm{', unit_id' if cov_join else ''}, arraySort(groupArray(day)) AS all_days, "
+               f"arrayMap(k -> k = length(all_days) OR all_days[k] != all_days[k + 1], arrayEnumerate(all_days)) "
+               f"AS ends, "
                f"arrayFilter((v, e) -> e, all_days, ends) AS days, {cum_arrays}, {totals} "
                f"FROM searches GROUP BY arm, unit_id),\n"
                f"steps AS (SELECT arm, days, arrayPopFront(arrayDifference(arrayPushFront(c_searches, 0.))) "
                f"AS day_searches{''.join(', ' + a for a in arrays)}"
-               f"{''.join(f', {expr} AS {alias}' for expr, alias in scalars.items())} FROM units)\n"
+               f"{''.join(f', {expr} AS {alias}' for expr, alias in scalars.items())}{cov_cols} FROM units{cov_join})\n"
                f"SELECT day, arm, count() AS active_units, sum(day_imps) AS impressions, countIf(k = 1) AS new_units"
                f"{''.join(', ' + x for x in sums)}\n"
                f"FROM steps ARRAY JOIN days AS day, day_searches AS day_imps, arrayEnumerate(days) AS k"
                f"{''.join(', ' + j for j in joins)}\n"
                f"GROUP BY day, arm ORDER BY day, arm\nSETTINGS {SERIES_SETTINGS}")
-        return sql, finals, charted_layout
+        return sql, finals, charted_layout, cov_layout
+
+    def _covariate(self, charted: MetricDef | None, columns, scalars: dict, total) -> tuple[str, str, str, list]:
+        """CUPED: the charted (primary) metric per unit over the pre-period [pre_start, pre_end), from every
+        impression of the unit (any experiment or arm, enrolled or not: the default traffic included) and
+        its feedback, joined to the experiment's units as x (0 without pre-period data) and z (1 with data);
+        returns the CTEs, the steps columns, the join and the column indexes of CovariateSums' fields."""
+        if self.pre_window is None or charted is None:
+            return "", "", "", []
+        pre = "ts >= {pre_start:DateTime64(3, 'UTC')} AND ts < {pre_end:DateTime64(3, 'UTC')}"
+        sums = ", ".join(f"sum(toFloat64({expr})) AS {n}" for n, expr in columns)
+        x = (f"if(toFloat64({charted.denominator}) > 0, toFloat64({charted.numerator}) / "
+             f"toFloat64({charted.denominator}), 0.)" if charted.kind == "ratio" else f"toFloat64({charted.numerator})")
+        ctes = (f"{self.searches_cte('pre_', pre, pre)},\n"
+                f"pre_units AS (SELECT unit_id AS pre_unit, {x} AS pre_x FROM (SELECT unit_id, {sums} "
+                f"FROM pre_searches GROUP BY unit_id)),")
+        cols = ", pre_x AS cx, toFloat64(pre_unit != '') AS cz"  # join_use_nulls = 0: '' when unmatched
+        join = " LEFT JOIN pre_units ON unit_id = pre_unit SETTINGS join_use_nulls = 0"
+        m = scalars[f"toFloat64({charted.numerator})"]
+        d = scalars[f"toFloat64({charted.denominator})"] if charted.kind == "ratio" else "1."
+        products = [m, f"{m} * {m}", d, f"{d} * {d}", f"{m} * {d}", "cx", "cx * cx", "cz", "cx * cz",
+                    f"{m} * cx", f"{d} * cx", f"{m} * cz", f"{d} * cz"]
+        return ctes, cols, join, [total(f"sumIf({e}, k = 1)") for e in products]
 
     @staticmethod
     def _statistic(metric: MetricDef, n: int, values: list) -> RatioStatistic | SampleMean:
@@ -211,13 +245,15 @@ searches AS (
             return SampleMean(n, float(values[0]), float(values[1]))
         return RatioStatistic(n, *(float(v) for v in values))
 
-    def series(self, client, charted: MetricDef | None = None) -> tuple[dict, list[dict], dict[date, dict], dict]:
+    def series(self, client, charted: MetricDef | None = None) -> tuple[dict, list[dict], dict[date, dict], dict,
+                                                                      dict | None]:
         """(final sums: metric -> arm -> statistic, daily traffic rows, day -> arm -> the charted metric's
-        statistic over the units and events up to the end of that day, arm -> (units, impressions))."""
+        statistic over the units and events up to the end of that day, arm -> (units, impressions),
+        arm -> the charted metric's CovariateSums with its pre-period covariate, or None without pre_window)."""
         metrics = list(self.metrics.values())
         if charted is not None and charted.kind not in ("ratio", "mean"):
             charted = None
-        sql, finals, charted_layout = self._series_sql(metrics, charted)
+        sql, finals, charted_layout, cov_layout = self._series_sql(metrics, charted)
         running: dict[str, list[float]] = {}
         daily, cumulative, traffic = [], {}, {}
         for row in client.query(sql, parameters=self.params).result_rows:
@@ -234,11 +270,13 @@ searches AS (
                     charted, int(totals[0]), [totals[1 + j] for j in charted_layout])
         final = {m.name: {arm: self._statistic(m, int(t[0]), [t[1 + j] for j in layout])
                           for arm, t in running.items()} for m, layout in zip(metrics, finals)}
+        covariate = {arm: CovariateSums(int(t[0]), *(float(t[1 + j]) for j in cov_layout))
+                     for arm, t in running.items()} if cov_layout else None
         current: dict = {}
         for day in sorted(cumulative):  # an arm without traffic on a day keeps its sums of the day before
             current.update(cumulative[day])
             cumulative[day] = dict(current)
-        return final, daily, cumulative, traffic
+        return final, daily, cumulative, traffic, covariate
 
     def arm_summaries(self, client, traffic: dict[str, tuple[int, int]]) -> dict[str, ArmSummary]:
         """Latency p95 (exact, over deduplicated impressions) and served checksums per arm; units and

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from experiments import metrics as m
 from experiments.offline_compare import offline_comparison
 from experiments.stats import MetricSpec, Settings, analyze, sequential_test, z_test, welch_t_test
+from experiments.stats.cuped import regression_adjust
 from experiments.stats.sequential import DEFAULT_TUNING
 
 VERDICTS = ("ship", "no_ship", "inconclusive", "withheld", "no_data", "invalid")
@@ -48,11 +49,11 @@ def _spec(metric: m.MetricDef, relative: bool = True) -> MetricSpec:
     return MetricSpec(metric.name, metric.kind, relative=relative, higher_is_better=metric.higher_is_better)
 
 
-def _interval(result) -> dict:
+def _interval(result, prefix: str = "") -> dict:
     if result is None:
         return {}
     return {"lift": result.lift, "ci_low": result.ci_low, "ci_high": result.ci_high, "p_value": result.p_value,
-            "method": result.method}
+            "method": prefix + result.method}
 
 
 def _direction(comparison, lift) -> str:
@@ -220,6 +221,47 @@ def _cumulative(experiment, data) -> dict:
     return {"metric": name, "points": points}
 
 
+def _cuped(experiment, data) -> dict | None:
+    """The primary metric adjusted with its pre-period covariate (design.cuped), beside the plain test; None when
+    the design asks for no CUPED. The verdict still uses the plain test (docs/statistics.md, CUPED)."""
+    if data.pre_window is None:
+        return None
+    name = data.cumulative_metric
+    out = {"metric": name, "pre_period": {"start": _iso(data.pre_window[0]), "end": _iso(data.pre_window[1]),
+                                          "days": (data.pre_window[1] - data.pre_window[0]).days},
+           "method": "regression adjustment on the linearised metric, covariates: pre-period value (0 without "
+                     "data) and a has-pre-data indicator (Deng et al. 2013)", "comparisons": [], "reason": None}
+    covariate = data.covariate or {}
+    if name is None or experiment.control not in covariate:
+        out["reason"] = ("No units in the control arm yet." if name else
+                         "The primary metric is unknown or not a ratio or mean, so there is nothing to adjust.")
+        return out
+    settings = _settings(experiment)
+    test = welch_t_test if data.metrics[name].kind == "mean" else z_test
+    control = covariate[experiment.control]
+    for arm, sums in covariate.items():
+        if arm == experiment.control:
+            continue
+        adj = regression_adjust(control, sums)
+        row = {"arm": arm, "units": {experiment.control: control.n, arm: sums.n},
+               "units_with_pre_data": {experiment.control: int(control.z_sum), arm: int(sums.z_sum)},
+               "covariates": list(adj.covariates), "theta": list(adj.theta),
+               "variance_reduction": adj.variance_reduction, "reason": adj.reason}
+        pairs = [("plain", adj.plain_control, adj.plain_treatment), ("cuped", adj.control, adj.treatment)]
+        for label, c, t in pairs:
+            for key, relative in (("relative", True), ("absolute", False)):
+                if c is None or t is None:
+                    row[f"{label}_{key}"] = {}
+                    continue
+                prefix = "cuped_" if label == "cuped" else ""
+                row[f"{label}_{key}"] = _interval(test(c, t, relative=relative, alpha=settings.alpha), prefix)
+                if settings.sequential:
+                    row[f"{label}_{key}_sequential"] = _interval(sequential_test(
+                        c, t, relative=relative, alpha=settings.alpha, tuning=settings.tuning), prefix)
+        out["comparisons"].append(row)
+    return out
+
+
 def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = None, database: str = "abgate",
                  dwell_threshold: float = m.DEFAULT_DWELL_THRESHOLD_S, correction: str = "holm",
                  now: datetime | None = None) -> dict:
@@ -274,6 +316,7 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
         "offline": offline,
         "daily": data.daily,
         "cumulative": _cumulative(experiment, data),
+        "cuped": _cuped(experiment, data),
         "unknown_metrics": unknown,
         "warnings": [f"impressions logged for arm(s) {unexpected} that the experiment does not define"]
         if unexpected else [],

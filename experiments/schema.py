@@ -77,6 +77,7 @@ class Design:
     mde: float | None = None
     sample_size: int | None = None
     sequential: bool = False
+    cuped_pre_days: int | None = None  # `cuped: {pre_days: N}`: pre-period covariate (docs/statistics.md)
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ def _parse_metrics(data: Any, path: Path, problems: list[Problem]) -> Metrics:
 
 def _parse_design(data: Any, path: Path, problems: list[Problem]) -> Design:
     r = _Reader(data, path, problems)
-    r.unknown({"alpha", "power", "mde", "sample_size", "sequential"})
+    r.unknown({"alpha", "power", "mde", "sample_size", "sequential", "cuped"})
     alpha = r.number("alpha", 0, 0.5, required=False, default=0.05, lo_open=True)
     power = r.number("power", 0, 1, required=False, default=0.8, lo_open=True)
     mde = r.number("mde", 0, 100, required=False, lo_open=True)
@@ -256,7 +257,17 @@ def _parse_design(data: Any, path: Path, problems: list[Problem]) -> Design:
     if mde is None and sample_size is None and isinstance(data, dict):
         r.fail((), "needs mde (minimum detectable effect) or sample_size (planned units per arm)")
     sequential = r.get("sequential", bool, required=False, default=False)
-    return Design(alpha or 0.05, power or 0.8, mde, sample_size, bool(sequential))
+    pre_days = None
+    cuped = r.get("cuped", dict, required=False)
+    if cuped is not None:
+        c = _Reader(cuped, path + ("cuped",), problems)
+        c.unknown({"pre_days"})
+        pre_days = c.get("pre_days", int, required=True)
+        if isinstance(pre_days, int) and not 1 <= pre_days <= 365:
+            c.fail(("pre_days",), f"is {pre_days}; use 1 to 365 days of pre-period before the start")
+            pre_days = None
+    return Design(alpha or 0.05, power or 0.8, mde, sample_size, bool(sequential),
+                  pre_days if isinstance(pre_days, int) else None)
 
 
 def parse_experiment(data: Any, source: str | None = None) -> tuple[Experiment | None, list[Problem]]:
@@ -307,6 +318,11 @@ def parse_experiment(data: Any, source: str | None = None) -> tuple[Experiment |
     design = _parse_design(r.data.get("design"), ("design",), problems) if "design" in r.data else None
     if design is None:
         r.fail(("design",), "is required: add `design:` with mde or sample_size")
+    elif design.cuped_pre_days is not None and unit == "session":
+        r.fail(("design", "cuped"), "needs unit: user: a session does not exist before the experiment starts, "
+               "so it has no pre-period to learn from; remove `cuped:`")
+    elif design.cuped_pre_days is not None and start is None:
+        r.fail(("design", "cuped"), "needs a start time: the pre-period is the pre_days before `start:`")
     from experiments.custom_metrics import parse_custom_metrics  # here: that module imports this one
 
     custom, custom_problems = parse_custom_metrics(r.data.get("custom_metrics"))
