@@ -159,8 +159,10 @@ def build_arms(ctx: Context, finetune_args: list[str]) -> None:
              abgate("export-model", str(model), str(enc / "finetuned"), *data, "--overwrite"),
              lambda: encoder_ready(enc / "finetuned", model))
     for arm in ("baseline", "finetuned"):
+        # All cores: the demo runs one step at a time, and ONNX Runtime's threads no longer spin (encoder.py).
         run_step(ctx, f"index {arm}", idx / arm,
-                 abgate("build-index", str(enc / arm), str(ctx.data), str(idx / arm), "--overwrite"),
+                 abgate("build-index", str(enc / arm), str(ctx.data), str(idx / arm), "--overwrite",
+                        "--threads", "0"),
                  lambda arm=arm: index_ready(idx / arm, enc / arm))
 
 
