@@ -9,7 +9,8 @@ fill without waiting; at low load a request waits at most `max_wait_ms` (default
 measured best on CPU at every concurrency; see docs/gateway.md "Benchmarks").
 
 `workers` batches of one encoder may run at once (threads in the shared executor); ONNX Runtime sessions and
-FAISS searches are thread-safe.
+FAISS searches are thread-safe. A batch takes at most its fair share of the requests in flight (queued plus
+running, divided by `workers`), so parallel workers get batches of similar length.
 
 With a `QueryCache` (gateway/query_cache.py; `--query-cache N`), queries already encoded by this encoder skip
 ONNX: only the batch's new texts are encoded.
@@ -48,6 +49,8 @@ class MicroBatcher:
         self._on_batch = on_batch or (lambda size: None)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._slots = asyncio.Semaphore(workers)
+        self.workers = workers
+        self._running_items = 0
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Task] = set()
         self._closed = False
@@ -72,7 +75,11 @@ class MicroBatcher:
             await self._slots.acquire()
             batch = [await self._queue.get()]
             deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch:
+            # Fair share: at most 1/workers of the requests in flight (queued + running). Without it a
+            # worker that frees up takes the whole queue into one long single-threaded batch while the other
+            # worker soon idles, and whoever queued behind it waits twice (p99 at concurrency 8: 110-121 ms
+            # greedy, 82-86 ms fair share, throughput unchanged or better; docs/gateway.md "Benchmarks").
+            while len(batch) < self._limit(len(batch)):
                 if not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                     continue
@@ -83,9 +90,18 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
                 except TimeoutError:
                     break
+            self._running_items += len(batch)
             task = loop.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+
+    def _limit(self, taken: int) -> int:
+        """The most this batch may hold now: max_batch, or with several workers its fair share of the requests
+        in flight (growing while it waits for `max_wait_ms`, as more arrive)."""
+        if self.workers == 1:
+            return self.max_batch
+        in_flight = self._queue.qsize() + taken + self._running_items
+        return min(self.max_batch, -(-in_flight // self.workers))
 
     async def _run(self, batch: list[_Item]) -> None:
         try:
@@ -102,6 +118,7 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_result(hits)
         finally:
+            self._running_items -= len(batch)
             self._slots.release()
 
     def _work(self, batch: list[_Item]) -> list[list[Hit]]:

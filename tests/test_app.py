@@ -323,6 +323,27 @@ def test_micro_batcher_groups_concurrent_queries_and_matches_direct_search(basel
         assert [h.doc_id for h in hits] == [h.doc_id for h in expected]
 
 
+def test_micro_batcher_splits_the_work_fairly_between_workers(baseline_encoder, gateway_artifacts):
+    """Two workers and eight queued queries: two batches of four, not one of eight (gateway/batcher.py)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.batcher import MicroBatcher
+    from gateway.search import VectorIndex
+
+    flat = VectorIndex.load(gateway_artifacts[1], gpu=False)
+    for workers, expected in ((2, [4, 4]), (1, [8])):
+        sizes: list[int] = []
+
+        async def run():
+            with ThreadPoolExecutor(2) as pool:
+                batcher = MicroBatcher(baseline_encoder, pool, max_batch=32, workers=workers, on_batch=sizes.append)
+                await asyncio.gather(*(batcher.search(f"{QUERIES[i % 3]} {i}", flat, 3) for i in range(8)))
+                await batcher.close()
+
+        asyncio.run(run())
+        assert sizes == expected, (workers, sizes)
+
+
 def test_impression_cache_expires_and_evicts():
     from gateway.impressions import ImpressionCache, ImpressionExpired, ImpressionNotFound
 
