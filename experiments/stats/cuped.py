@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from experiments.stats.frequentist import welch_t_test, z_test
 from experiments.stats.results import LiftResult, failed_lift
 from experiments.stats.sequential import DEFAULT_TUNING, sequential_test
-from experiments.stats.statistics import CupedStatistic, Estimate
+from experiments.stats.statistics import CupedStatistic, Estimate, RatioStatistic
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,11 @@ class CovariateSums:
     mz_sum: float
     dz_sum: float
 
+    @property
+    def metric(self) -> RatioStatistic:
+        """The plain (unadjusted) metric: the first six sums are a RatioStatistic's."""
+        return RatioStatistic(self.n, self.m_sum, self.m_sum_squares, self.d_sum, self.d_sum_squares, self.md_sum)
+
 
 @dataclass(frozen=True)
 class RegressionAdjustment:
@@ -126,8 +131,9 @@ class RegressionAdjustment:
 def _arm_moments(s: CovariateSums) -> tuple[float, float, float, float, float]:
     """(R, sum phi^2, sum phi x, sum phi z, mean d) of one arm; sum phi = 0 by construction."""
     mean_d = s.d_sum / s.n
-    r = s.m_sum / s.d_sum
-    phi2 = (s.m_sum_squares - 2 * r * s.md_sum + r * r * s.d_sum_squares) / mean_d**2
+    metric = s.metric
+    # sum phi = 0, so the centred sum of squares (the delta-method variance) is also the uncentred one
+    r, phi2 = metric.ratio, metric.unit_variance * (s.n - 1)
     return r, phi2, (s.mx_sum - r * s.dx_sum) / mean_d, (s.mz_sum - r * s.dz_sum) / mean_d, mean_d
 
 
@@ -145,7 +151,7 @@ def regression_adjust(control: CovariateSums, treatment: CovariateSums) -> Regre
             return skipped(f"The {role} arm has {s.n} unit(s) or no denominator; nothing to adjust.")
     arms = (control, treatment)
     moments = [_arm_moments(s) for s in arms]
-    plain = tuple(Estimate(s.n, mo[0], max(mo[1], 0.0) / (s.n - 1)) for s, mo in zip(arms, moments))
+    plain = tuple(Estimate(s.n, s.metric.ratio, s.metric.unit_variance) for s in arms)
     if plain[0].estimate_variance + plain[1].estimate_variance <= 0:
         return skipped("Both arms have zero variance: there is no noise for a covariate to remove.", plain)
     if control.z_sum + treatment.z_sum == 0:
