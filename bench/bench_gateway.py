@@ -157,24 +157,15 @@ def start_server(workdir: Path, experiments: Path, events: bool, threads: int, d
     raise SystemExit("bench_gateway: the server was not ready in 120 s")
 
 
-def server_cpu_seconds(pid: int) -> float:
-    """User+system CPU of a process, all its threads (from /proc; 0.0 where /proc is missing)."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def drive(url: str, queries: list[str], pid: int) -> dict:
     """32 requests in flight (bench/loadgen.py, a lean keep-alive client) until every query was sent once."""
     host, port = url.rsplit("//", 1)[1].split(":")
     bodies = [{"query": q, "unit_id": f"user-{i % 5000}", "k": 10} for i, q in enumerate(queries)]
     loadgen.run(host, int(port), "/v1/search", [{"query": q, "unit_id": "warm"} for q in queries[:64]],
                 concurrency=CONCURRENCY, requests=64)
-    cpu0 = server_cpu_seconds(pid)
+    cpu0 = machine.process_cpu_seconds(pid)
     result = loadgen.run(host, int(port), "/v1/search", bodies, concurrency=CONCURRENCY, requests=len(bodies))
-    result["server_cpu_ms_per_request"] = (server_cpu_seconds(pid) - cpu0) * 1000 / len(bodies)
+    result["server_cpu_ms_per_request"] = (machine.process_cpu_seconds(pid) - cpu0) * 1000 / len(bodies)
     result["failures"] = result.pop("errors")
     return result
 

@@ -100,22 +100,6 @@ def ensure_abgate_arm(data: Path) -> tuple[Path, Path]:
     return enc, idx
 
 
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU of a server process and its children so far (from /proc; 0.0 where it is missing)."""
-    total = 0.0
-    try:
-        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
-    except OSError:
-        children = []
-    for p in [pid, *map(int, children)]:
-        try:
-            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 def measure(name: str, url: str, make_body, levels: list[int], seconds: float, pid: int) -> dict:
     """Closed loop per concurrency level (bench/loadgen.py), after a warm-up at the highest level."""
     host, rest = url.split("//", 1)[1].split(":", 1)
@@ -124,9 +108,9 @@ def measure(name: str, url: str, make_body, levels: list[int], seconds: float, p
     loadgen.run(host, port, path, bodies, concurrency=max(levels), seconds=3.0)  # sessions, caches, batches
     out = {}
     for c in levels:
-        cpu0 = cpu_seconds(pid)
+        cpu0 = machine.process_cpu_seconds(pid, children=True)
         out[c] = loadgen.run(host, port, path, bodies, concurrency=c, seconds=seconds, warmup_s=1.0)
-        cpu = cpu_seconds(pid) - cpu0
+        cpu = machine.process_cpu_seconds(pid, children=True) - cpu0
         # CPU over the whole loop (warm-up second included) per request measured: a slight over-estimate.
         out[c]["server_cpu_ms_per_request"] = round(cpu * 1000 / max(out[c]["requests"], 1), 2)
         out[c]["reference"] = machine.snapshot()
