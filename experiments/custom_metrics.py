@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from experiments.metrics import BUILTIN_METRICS, MetricDef
-from experiments.schema import Problem
+from experiments.problems import Problem
 
 EVENTS = ("impression", "click", "dwell", "conversion")
 FEEDBACK_FIELDS = {"position": "position", "value": "value", "doc_id": "doc_id"}

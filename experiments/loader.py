@@ -20,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from experiments.schema import Experiment, Problem, format_path, parse_experiment
-from gateway.errors import InputError
+from experiments.problems import Problem, format_path
+from experiments.schema import Experiment, parse_experiment
+from experiments.errors import InputError
 
 SUFFIXES = (".yaml", ".yml")
 

@@ -155,25 +155,3 @@ def analysis_window(start: datetime | None, end: datetime | None, now: datetime 
     now = now or datetime.now(timezone.utc)
     stop = min(end, now) if end is not None else now
     return start, stop
-
-
-def collect(client, experiment, *, metrics: dict[str, MetricDef], database: str = "abgate",
-            dwell_threshold: float = DEFAULT_DWELL_THRESHOLD_S, cumulative_metric: str | None = None,
-            now: datetime | None = None) -> ExperimentData:
-    """Run the metric queries for one experiment (an experiments.schema.Experiment) and return the sums."""
-    from experiments import metrics_sql  # the SQL builder; kept apart so this module stays readable
-
-    window = analysis_window(experiment.start, experiment.end, now)
-    pre_days = getattr(getattr(experiment, "design", None), "cuped_pre_days", None)
-    pre_window = (experiment.start - timedelta(days=pre_days), experiment.start) \
-        if pre_days and experiment.start is not None else None
-    query = metrics_sql.MetricQueries(database, experiment.name, window, dwell_threshold, metrics, pre_window)
-    metric = metrics.get(cumulative_metric) if cumulative_metric else None
-    stats, daily, by_day, traffic, covariate = query.series(client, metric)
-    arms = query.arm_summaries(client, traffic)
-    cumulative: list[CumulativePoint] = []
-    if by_day:
-        days = sorted(by_day)
-        cumulative = [CumulativePoint(day, by_day[day]) for day in look_days(days[0], days[-1]) if day in by_day]
-    return ExperimentData(experiment.name, window, metrics, stats, arms, daily,
-                          cumulative_metric if cumulative else None, cumulative, pre_window, covariate)

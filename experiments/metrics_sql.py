@@ -20,10 +20,11 @@ Values are passed as query parameters; identifiers come only from code (the data
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from experiments.custom_metrics import FEEDBACK_FIELDS, IMPRESSION_FIELDS
-from experiments.metrics import ArmSummary, CumulativePoint, MetricDef
+from experiments.metrics import (DEFAULT_DWELL_THRESHOLD_S, ArmSummary, CumulativePoint, ExperimentData, MetricDef,
+                                 analysis_window, look_days)
 from experiments.stats.cuped import CovariateSums
 from experiments.stats.statistics import RatioStatistic, SampleMean
 
@@ -290,3 +291,23 @@ class MetricQueries:
             units, impressions = traffic.get(arm, (0, 0))
             out[arm] = ArmSummary(arm, units, impressions, float(p95), tuple(sorted(encoders)), tuple(sorted(indexes)))
         return out
+
+
+def collect(client, experiment, *, metrics: dict[str, MetricDef], database: str = "abgate",
+            dwell_threshold: float = DEFAULT_DWELL_THRESHOLD_S, cumulative_metric: str | None = None,
+            now: datetime | None = None) -> ExperimentData:
+    """Run the metric queries for one experiment (an experiments.schema.Experiment) and return the sums."""
+    window = analysis_window(experiment.start, experiment.end, now)
+    pre_days = getattr(getattr(experiment, "design", None), "cuped_pre_days", None)
+    pre_window = (experiment.start - timedelta(days=pre_days), experiment.start) \
+        if pre_days and experiment.start is not None else None
+    query = MetricQueries(database, experiment.name, window, dwell_threshold, metrics, pre_window)
+    metric = metrics.get(cumulative_metric) if cumulative_metric else None
+    stats, daily, by_day, traffic, covariate = query.series(client, metric)
+    arms = query.arm_summaries(client, traffic)
+    cumulative: list[CumulativePoint] = []
+    if by_day:
+        days = sorted(by_day)
+        cumulative = [CumulativePoint(day, by_day[day]) for day in look_days(days[0], days[-1]) if day in by_day]
+    return ExperimentData(experiment.name, window, metrics, stats, arms, daily,
+                          cumulative_metric if cumulative else None, cumulative, pre_window, covariate)

@@ -24,6 +24,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from experiments import metrics as m
+from experiments.custom_metrics import definitions
+from experiments.metrics_sql import collect
 from experiments.offline_compare import offline_comparison
 from experiments.stats import MetricSpec, Settings, analyze, sequential_test, z_test, welch_t_test
 from experiments.stats.cuped import regression_adjust
@@ -267,15 +269,13 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
                  now: datetime | None = None) -> dict:
     """The full report for one experiment (an experiments.schema.Experiment) as JSON-ready data."""
     if custom is None:
-        from experiments.custom_metrics import definitions
-
         custom = definitions(list(getattr(experiment, "custom_metrics", ())))
     spec = experiment.metrics
     primary, secondary = [spec.primary], [s for s in spec.secondary if s != spec.primary]
     secondary += [c for c in (custom or {}) if c not in secondary and c != spec.primary]
     guard = [g.metric for g in spec.guardrails]
     metrics, unknown = m.resolve_metrics(primary + secondary + guard, custom)
-    data = m.collect(client, experiment, metrics=metrics, database=database, dwell_threshold=dwell_threshold,
+    data = collect(client, experiment, metrics=metrics, database=database, dwell_threshold=dwell_threshold,
                      cumulative_metric=spec.primary if spec.primary in metrics else None, now=now)
     known = [n for n in secondary if n in metrics]
     primary_rows = _analyse(experiment, data, [n for n in primary if n in metrics], "primary", correction)

@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -18,32 +18,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from experiments.custom_metrics import parse_custom_metrics
+from experiments.problems import Path, Problem, format_path
+
 BUCKETS = 10_000
 UNITS = ("user", "session")
 STATUSES = ("draft", "running", "stopped")
 MAX_TOP_K = 100
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _METRIC = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-
-Path = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: Path
-    message: str
-
-    @property
-    def field(self) -> str:
-        return format_path(self.path)
-
-
-def format_path(path: Path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
 
 @dataclass(frozen=True)
 class Arm:
@@ -323,7 +306,6 @@ def parse_experiment(data: Any, source: str | None = None) -> tuple[Experiment |
                "so it has no pre-period to learn from; remove `cuped:`")
     elif design.cuped_pre_days is not None and start is None:
         r.fail(("design", "cuped"), "needs a start time: the pre-period is the pre_days before `start:`")
-    from experiments.custom_metrics import parse_custom_metrics  # here: that module imports this one
 
     custom, custom_problems = parse_custom_metrics(r.data.get("custom_metrics"))
     problems += custom_problems

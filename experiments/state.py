@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from experiments.schema import Experiment
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 FORMAT = 1
 

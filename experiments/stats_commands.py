@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 
 def register(subparsers) -> None:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 from exporters.corpus import Document, read_corpus
 from gateway.encoder import Encoder
-from gateway.errors import InputError
+from experiments.errors import InputError
 from gateway.search import VectorIndex
 
 

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 
 def register(subparsers) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

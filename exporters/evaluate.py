@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 from exporters.build_index import Progress
 from exporters.corpus import Qrels, qrels_file, read_qrels, read_queries
 from gateway.encoder import Encoder
-from gateway.errors import InputError
+from experiments.errors import InputError
 from gateway.search import VectorIndex
 
 METRICS = ("ndcg", "recall", "mrr")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from gateway.encoder import MANIFEST, MODEL_FILE, TOKENIZER_FILE, Encoder, encoder_checksum
-from gateway.errors import ArtifactError, InputError
+from experiments.errors import ArtifactError, InputError
 
 OPSET = 17
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 
 @dataclass(frozen=True)

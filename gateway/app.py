@@ -16,7 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from gateway import logging as gateway_logging
-from gateway.errors import AbgateError
+from experiments.errors import AbgateError
 from gateway.events import Event
 from gateway.impressions import ImpressionCache, StoredImpressions
 from gateway.metrics import GatewayMetrics

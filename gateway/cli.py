@@ -7,7 +7,7 @@ import importlib
 import json
 import sys
 
-from gateway.errors import AbgateError
+from experiments.errors import AbgateError
 
 # Each module exposes register(subparsers); a subcommand sets `func(args) -> int | None` as its default.
 COMMAND_MODULES = (

@@ -54,7 +54,7 @@ def preflight(settings: Settings):
     from experiments.state import ExperimentState
     from gateway.assignment import Assigner
     from gateway.encoder import read_manifest
-    from gateway.errors import InputError
+    from experiments.errors import InputError
     from gateway.search import MANIFEST as INDEX_MANIFEST
 
     loaded = load_folder(settings.experiments_dir, state=ExperimentState.load(settings.state_file),

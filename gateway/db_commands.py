@@ -12,7 +12,7 @@ import sys
 from datetime import timezone
 
 from gateway import schema
-from gateway.errors import InputError
+from experiments.errors import InputError
 from gateway.store import StoreError, connect
 
 

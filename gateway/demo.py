@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from gateway.errors import AbgateError, InputError
+from experiments.errors import AbgateError, InputError
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 
 from gateway.demo import Child, Context, _json, abgate, log, run_step
-from gateway.errors import AbgateError
+from experiments.errors import AbgateError
 
 AB, AA = "finetune-vs-baseline", "aa-baseline"
 ARMS = ("baseline", "finetuned")

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import structlog
 
-from gateway.errors import ArtifactError, InputError
+from experiments.errors import ArtifactError, InputError
 
 MANIFEST = "abgate-encoder.json"
 MODEL_FILE = "model.onnx"

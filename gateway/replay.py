@@ -14,7 +14,7 @@ from typing import Callable
 
 import httpx
 
-from gateway.errors import AbgateError, InputError
+from experiments.errors import AbgateError, InputError
 from gateway.simulator import ClickModel, Judgments, SimulatedUser
 
 

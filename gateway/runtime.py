@@ -26,7 +26,7 @@ from experiments.state import ExperimentState
 from gateway.assignment import Assigner, Assignment
 from gateway.batcher import MicroBatcher
 from gateway.encoder import Encoder
-from gateway.errors import InputError
+from experiments.errors import InputError
 from gateway.query_cache import QueryCache
 from gateway.search import VectorIndex
 from gateway.settings import Settings

@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import structlog
 
-from gateway.errors import ArtifactError, InputError
+from experiments.errors import ArtifactError, InputError
 
 MANIFEST = "abgate-index.json"
 INDEX_FILE = "index.faiss"

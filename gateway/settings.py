@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 # Request limits (documented in docs/gateway.md). The query and k limits are in the request schema
 # (gateway/routes/schemas.py) so that they show in the OpenAPI document; the body limit is a setting.

@@ -103,7 +103,7 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def _rankings(path: str) -> dict[str, list[str]]:
-    from gateway.errors import InputError
+    from experiments.errors import InputError
 
     try:
         body = json.loads(Path(path).read_text())

@@ -30,7 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import threading
 import zlib
 from pathlib import Path
 
-from gateway.errors import AbgateError
+from experiments.errors import AbgateError
 
 MAGIC = b"\xab\x5e"
 HEADER = struct.Struct("<2sII")

@@ -10,7 +10,7 @@ synchronous and one process owns its folder (ClickHouse locks `<folder>/status`)
 same folder gets `StoreBusyError`, which says which process holds it. The database (default `abgate`) is
 created if missing, so every other module may name tables without a database prefix.
 
-    AbgateError (gateway.errors)
+    AbgateError (experiments.errors)
     └── StoreError               the store cannot be reached or used: exit code 1
         └── StoreBusyError       the chdb folder is held by another process
 """
@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
-from gateway.errors import AbgateError
+from experiments.errors import AbgateError
 from gateway.schema import DEFAULT_DATABASE
 
 DSN_ENV = "ABGATE_DSN"

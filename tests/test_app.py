@@ -379,7 +379,7 @@ def test_impression_cache_entries_are_invisible_to_the_garbage_collector():
 
 
 def test_settings_from_environment_and_flags():
-    from gateway.errors import InputError
+    from experiments.errors import InputError
     from gateway.settings import Settings
 
     s = Settings.from_env({"ABGATE_MAX_BATCH": "8", "ABGATE_LOG_EVENTS": "false"}, max_wait_ms=5.0, port=None)

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from exporters.corpus import qrels_file, read_corpus, read_qrels, read_queries
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 
 def test_reads_scifact_in_beir_layout(scifact_dir):

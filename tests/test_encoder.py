@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gateway.encoder import Encoder, encoder_checksum
-from gateway.errors import ArtifactError, InputError
+from experiments.errors import ArtifactError, InputError
 
 TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome.",
          "Vitamin D deficiency is associated with a higher risk of hip fracture in older women."]

@@ -18,7 +18,7 @@ import pytest
 from exporters.mining import MiningSettings, select_negatives
 from exporters.pairs import load_beir, load_pairs_jsonl, no_duplicate_batches
 from gateway import cli
-from gateway.errors import InputError
+from experiments.errors import InputError
 
 TINY = ["--batch-size", "4", "--max-length", "32", "--max-steps", "2", "--threads", "1", "--json"]
 

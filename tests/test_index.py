@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
-from gateway.errors import ArtifactError, InputError
+from experiments.errors import ArtifactError, InputError
 from gateway.search import Hit, VectorIndex
 
 

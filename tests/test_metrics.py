@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import metrics as m
+from experiments.metrics_sql import collect
 from experiments.custom_metrics import definitions, parse_custom_metrics
 from experiments.schema import parse_experiment
 from gateway import schema, store
@@ -41,7 +42,7 @@ def _collect(client, exp, metrics=None, **kw):
     names = metrics or list(m.BUILTIN_METRICS)
     defs, unknown = m.resolve_metrics(names)
     assert not unknown
-    return m.collect(client, exp, metrics=defs, **kw)
+    return collect(client, exp, metrics=defs, **kw)
 
 
 def test_builtin_metrics_match_numpy(client, log):
@@ -107,7 +108,7 @@ def test_custom_metrics(client, log):
     ])
     assert not problems
     defs = definitions(custom)
-    data = m.collect(client, _experiment(), metrics=defs)
+    data = collect(client, _experiment(), metrics=defs)
     end = START + timedelta(days=DAYS)
     imps = {i.impression_id: i for i in log.impressions if i.experiment == "exp" and i.enrolled
             and START <= i.ts < end}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.errors import InputError
+from experiments.errors import InputError
 from gateway.replay import check_loopback
 from gateway.simulator import ClickModel, Population, load_judgments, make_users, user_rng
 

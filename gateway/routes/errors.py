@@ -17,7 +17,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
-from gateway.errors import AbgateError, InputError
+from experiments.errors import AbgateError, InputError
 
 log = structlog.get_logger("abgate.http")
 

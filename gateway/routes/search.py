@@ -7,7 +7,7 @@ import time
 from litestar import Controller, Request, post
 
 from gateway.batcher import BatcherClosed
-from gateway.errors import InputError
+from experiments.errors import InputError
 from gateway.events import Feedback, Impression, new_event_id, utcnow
 from gateway.impressions import ImpressionExpired, ImpressionNotFound, ImpressionUnverifiable
 from gateway.routes.errors import ApiError
