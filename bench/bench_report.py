@@ -35,7 +35,7 @@ import machine  # noqa: E402
 
 from experiments.report import build_report  # noqa: E402
 from experiments.schema import parse_experiment  # noqa: E402
-from gateway import schema, store  # noqa: E402
+from gateway.eventlog import store, tables  # noqa: E402
 
 EXPERIMENT = "bench-report"
 DAYS = 14
@@ -134,7 +134,7 @@ def main() -> int:
     before = machine.snapshot()
     folder = Path(args.store) if args.store else Path(tempfile.mkdtemp(prefix="abgate-bench-report-"))
     client = store.connect(f"chdb://{folder.resolve()}")
-    schema.migrate(client)
+    tables.migrate(client)
     have = client.query("SELECT uniqExact(impression_id) FROM abgate.impressions").result_rows[0][0]
     if have != impressions:
         client.command("TRUNCATE TABLE abgate.impressions")

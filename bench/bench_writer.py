@@ -33,9 +33,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 import machine  # noqa: E402
 
-from gateway import events, schema, store  # noqa: E402
-from gateway.events import Impression  # noqa: E402
-from gateway.writer import EventWriter  # noqa: E402
+from gateway.eventlog import events, store, tables  # noqa: E402
+from gateway.eventlog.events import Impression  # noqa: E402
+from gateway.eventlog.writer import EventWriter  # noqa: E402
 
 BATCH = 10_000
 
@@ -126,7 +126,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="abgate-bench-writer-") as tmp:
         dsn = f"chdb://{tmp}/store"
         with store.connect(dsn + "?database=reference") as client:
-            schema.migrate(client)
+            tables.migrate(client)
             progress("reference: direct insert_arrow in batches of 10,000")
             ref = reference(client, rows)
         progress(f"reference {ref:,.0f} rows/s; writer: submit() every row, then flush()")

@@ -8,7 +8,7 @@ Where the data comes from (`app.state`): a `DashboardSource` under `dashboard_so
 there (tests, a report-only server), else the gateway's (`app.state.gateway`): its loaded experiments and a
 store client opened on its DSN the first time a page is asked for. In the serving process that is the same
 embedded store folder the event writer uses; clickhouse-connect shares one chdb engine per folder and
-`gateway.store.LockedClient` serializes the queries. Reports run in a worker thread (sync_to_thread): a
+`gateway.eventlog.store.LockedClient` serializes the queries. Reports run in a worker thread (sync_to_thread): a
 ClickHouse query must not block the event loop that answers searches.
 """
 
@@ -47,7 +47,7 @@ class DashboardSource:
 
 
 def _gateway_source(gw) -> DashboardSource:
-    from gateway import store
+    from gateway.eventlog import store
 
     def experiments() -> dict:
         serving = gw.runtime.serving

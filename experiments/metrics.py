@@ -26,7 +26,7 @@ Custom metrics (experiments/custom_metrics.py) are ratios or per-unit means of f
 Only enrolled impressions inside the experiment's [start, end) window count; feedback counts when it belongs
 to one of them (joined by impression_id, so a forged or stray feedback event cannot inflate a metric).
 Duplicates from replays never count twice: impressions are read with FINAL (as the `*_unique` views of
-gateway/schema.py do; naming the table lets ClickHouse read only the sizes of `doc_ids`), and feedback is
+gateway/eventlog/tables.py do; naming the table lets ClickHouse read only the sizes of `doc_ids`), and feedback is
 aggregated per impression by distinct ids (distinct clicked documents, distinct conversion event ids, the
 maximum dwell), which a replayed copy cannot change, so the feedback table needs no FINAL.
 The SQL itself is in experiments/metrics_sql.py.

@@ -120,7 +120,7 @@ def render_text(report: dict) -> str:
 
 def run_report(args: argparse.Namespace) -> int:
     from experiments.report import build_report
-    from gateway import store
+    from gateway.eventlog import store
 
     experiment = find_experiment(experiments_dir(args.experiments), args.experiment)
     print(f"abgate: computing the report of {experiment.name} ...", file=sys.stderr)

@@ -208,7 +208,7 @@ def _eval_command(args) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(result.to_json(per_query=True), indent=2) + "\n")
     if not args.no_store:
-        from gateway.store import connect
+        from gateway.eventlog.store import connect
 
         with connect(args.dsn) as client:
             payload["stored"] = {"dsn": client.dsn, **store_result(client, result)}

@@ -165,7 +165,7 @@ def evaluate(encoder: Encoder, index: VectorIndex, data_dir: str | Path, *, spli
 
 def store_result(client, result: EvalResult) -> dict:
     """Inserts the run into offline_eval (one row per metric@k) and offline_eval_queries (per query)."""
-    from gateway.schema import migrate
+    from gateway.eventlog.tables import migrate
 
     migrate(client)
     rows = []

@@ -17,9 +17,9 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from gateway import logging as gateway_logging
 from experiments.errors import AbgateError
-from gateway.events import Event
+from gateway.eventlog.events import Event
 from gateway.impressions import ImpressionCache, StoredImpressions
-from gateway.metrics import GatewayMetrics
+from gateway.prometheus import GatewayMetrics
 from gateway.routes import CONTROLLERS
 from gateway.routes.errors import EXCEPTION_HANDLERS, ApiError
 from gateway.runtime import Runtime
@@ -36,7 +36,7 @@ class Gateway:
     metrics: GatewayMetrics
     impressions: ImpressionCache
     runtime: Runtime
-    writer: object | None = None          # gateway.writer.EventWriter when event logging is on
+    writer: object | None = None          # gateway.eventlog.writer.EventWriter when event logging is on
     stored_impressions: StoredImpressions | None = None  # cache misses looked up in the event log
     tasks: set = field(default_factory=set)
 
@@ -47,8 +47,8 @@ class Gateway:
 
 
 def _writer(settings: Settings):
-    from gateway import store
-    from gateway.writer import EventWriter
+    from gateway.eventlog import store
+    from gateway.eventlog.writer import EventWriter
 
     dsn = settings.dsn or store.default_dsn()
     return EventWriter(partial(store.connect, dsn), settings.spool_dir, flush_interval=settings.events_flush_s).start()

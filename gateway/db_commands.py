@@ -11,9 +11,9 @@ import json
 import sys
 from datetime import timezone
 
-from gateway import schema
+from gateway.eventlog import tables
 from experiments.errors import InputError
-from gateway.store import StoreError, connect
+from gateway.eventlog.store import StoreError, connect
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     migrate.add_argument("--cluster", default=None, metavar="NAME",
                          help="create ReplicatedReplacingMergeTree tables + Distributed tables on this cluster")
     migrate.add_argument("--ttl-days", type=int, default=None,
-                         help=f"keep events this many days (default {schema.DEFAULT_TTL_DAYS}; 0 = forever)")
+                         help=f"keep events this many days (default {tables.DEFAULT_TTL_DAYS}; 0 = forever)")
     migrate.add_argument("--sql", action="store_true", help="print the DDL instead of running it")
     migrate.add_argument("--json", action="store_true", help="print the result as JSON")
     migrate.set_defaults(func=_explained(run_migrate))
@@ -67,15 +67,15 @@ def run_migrate(args: argparse.Namespace) -> int:
     if args.ttl_days is not None and args.ttl_days < 0:
         raise InputError("must be 0 (keep forever) or a positive number of days", field="--ttl-days")
     if args.sql:
-        ttl = schema.DEFAULT_TTL_DAYS if args.ttl_days is None else args.ttl_days
-        statements = schema.all_statements(cluster=args.cluster, ttl_days=ttl)
+        ttl = tables.DEFAULT_TTL_DAYS if args.ttl_days is None else args.ttl_days
+        statements = tables.all_statements(cluster=args.cluster, ttl_days=ttl)
         if args.json:
             print(json.dumps({"statements": statements}, indent=2))
         else:
             print("".join(f"{s};\n\n" for s in statements), end="")
         return 0
     with connect(args.dsn) as client:
-        result = schema.migrate(client, cluster=args.cluster, ttl_days=args.ttl_days,
+        result = tables.migrate(client, cluster=args.cluster, ttl_days=args.ttl_days,
                                 progress=None if args.json else sys.stderr)
         result["dsn"] = client.dsn
     if args.json:
@@ -100,7 +100,7 @@ def _filters(args) -> tuple[str, dict]:
 def run_count(args: argparse.Namespace) -> int:
     where, params = _filters(args)
     with connect(args.dsn) as client:
-        schema.migrate(client)  # a fresh store answers zero rather than "unknown table"
+        tables.migrate(client)  # a fresh store answers zero rather than "unknown table"
         impressions = client.query(
             "SELECT experiment, arm, count() AS impressions, uniqExact(unit_id) AS units, "
             f"countIf(length(doc_ids) = 0) AS zero_results FROM impressions_unique{where} "
@@ -150,7 +150,7 @@ def run_tail(args: argparse.Namespace) -> int:
                    "impression_id")
         table = "impressions_unique"
     with connect(args.dsn) as client:
-        schema.migrate(client)
+        tables.migrate(client)
         rows = client.query(f"SELECT {columns} FROM {table}{where} ORDER BY ts DESC LIMIT {int(args.limit)}",
                             parameters=params).named_results()
         rows = list(rows)

@@ -1,7 +1,7 @@
 """Recent impressions, kept in memory so feedback can be checked against what this gateway really served.
 
 Design (the "integrity" requirement):
-- Impression ids are `secrets.token_urlsafe(16)` (128 random bits, gateway.events.new_event_id): a client
+- Impression ids are `secrets.token_urlsafe(16)` (128 random bits, gateway.eventlog.events.new_event_id): a client
   cannot invent a valid one, so feedback can only name an impression the gateway served.
 - Every search response is remembered here for `ttl` seconds (default 1 hour), with what feedback needs:
   experiment, arm, unit, and the shown doc ids in order. The cache is bounded (`max_entries`); the oldest

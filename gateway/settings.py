@@ -39,7 +39,7 @@ class Settings:
     # ms can pay on a GPU, where one bigger batch costs about what a small one does.
     max_wait_ms: float = 0.0
     log_events: bool = True
-    dsn: str | None = None                # None: gateway.store.default_dsn()
+    dsn: str | None = None                # None: gateway.eventlog.store.default_dsn()
     spool_dir: str = ".abgate/spool"
     events_flush_s: float = 1.0           # longest an event waits before an insert: fewer, larger ClickHouse parts
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta, timezone
 
-from gateway.events import Feedback, Impression, new_event_id
+from gateway.eventlog.events import Feedback, Impression, new_event_id
 
 START = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 

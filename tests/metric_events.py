@@ -17,7 +17,7 @@ import numpy as np
 
 import msgspec
 
-from gateway.events import COLUMNS, Feedback, Impression
+from gateway.eventlog.events import COLUMNS, Feedback, Impression
 
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

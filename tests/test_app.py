@@ -203,7 +203,7 @@ def test_stopped_experiment_sends_everyone_to_control_and_events_reach_clickhous
     assert arms == {"flat"}
     assert client.post("/v1/admin/experiments/nope/stop", headers=ADMIN).status_code == 404
     assert server.stop() == 0
-    from gateway import store
+    from gateway.eventlog import store
 
     with store.connect(f"chdb://{server.workdir / 'store'}") as db:
         rows = db.query("SELECT arm, enrolled, count() FROM impressions GROUP BY arm, enrolled").result_rows
@@ -253,7 +253,7 @@ def test_feedback_after_a_restart_is_checked_against_the_event_log(tmp_path, gat
             assert replayed.json()["arm"] == unflushed["arm"]
     finally:
         gateway.stop()
-    from gateway import store
+    from gateway.eventlog import store
 
     with store.connect(f"chdb://{tmp_path / 'store'}") as db:
         clicks = db.query("SELECT impression_id, unit_id, arm FROM feedback_unique ORDER BY ts").result_rows

@@ -22,8 +22,8 @@ from experiments.schema import parse_experiment
 from experiments.stats import CupedStatistic, cuped_adjust, z_test
 from experiments.stats.cuped import CovariateSums, regression_adjust
 from experiments.stats.statistics import Estimate
-from gateway import schema, store
-from gateway.events import Feedback, Impression
+from gateway.eventlog import store, tables
+from gateway.eventlog.events import Feedback, Impression
 from metric_events import START, EventLog, experiment_config
 
 DAYS, PRE_DAYS = 4, 14
@@ -109,7 +109,7 @@ def numpy_reference(log: EventLog, name: str, control: str = "control", treatmen
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     client = store.connect(f"chdb://{tmp_path_factory.mktemp('cuped-store')}")
-    schema.migrate(client)
+    tables.migrate(client)
     logs = {"cup": make_log("cup", 1500, seed=21, pre_share=0.8)[0],
             "nopre": make_log("nopre", 300, seed=22, pre_share=0.0)[0]}
     for log in logs.values():

@@ -20,7 +20,7 @@ from litestar.datastructures import State
 
 from dashboards.routes import DashboardSource, router
 from experiments.schema import parse_experiment
-from gateway import schema, store
+from gateway.eventlog import store, tables
 from metric_events import START, experiment_config, generate
 
 pytestmark = pytest.mark.browser
@@ -39,7 +39,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dashboard")
     client = store.connect(f"chdb://{tmp / 'store'}")
-    schema.migrate(client)
+    tables.migrate(client)
     generate("finetune-vs-baseline", {"baseline": 0.22, "finetuned": 0.27}, units=3000, days=DAYS,
              seed=5).insert(client)
     rows = [[f"run-{arm}", START, f"enc-{arm}", f"idx-{arm}", arm, "scifact", "test", metric, k, value, 300]

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from event_samples import feedback, impression, stored
-from gateway import store
-from gateway.spool import HEADER, frame
-from gateway.writer import EventWriter
+from gateway.eventlog import store
+from gateway.eventlog.spool import HEADER, frame
+from gateway.eventlog.writer import EventWriter
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -171,8 +171,8 @@ CHILD = """
 import os, sys
 sys.path.insert(0, sys.argv[4])
 from event_samples import feedback, impression
-from gateway import store
-from gateway.writer import EventWriter
+from gateway.eventlog import store
+from gateway.eventlog.writer import EventWriter
 
 dsn, spool, acked_path = sys.argv[1:4]
 writer = EventWriter(lambda: store.connect(dsn), spool, min_batch=500, flush_interval=0.2).start()

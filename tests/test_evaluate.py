@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from exporters.evaluate import cutoffs_for, evaluate, mrr_at, ndcg_at, recall_at, score_rankings
-from gateway import store
+from gateway.eventlog import store
 from gateway.cli import main
 from gateway.search import VectorIndex
 

@@ -11,7 +11,7 @@ from experiments import metrics as m
 from experiments.metrics_sql import collect
 from experiments.custom_metrics import definitions, parse_custom_metrics
 from experiments.schema import parse_experiment
-from gateway import schema, store
+from gateway.eventlog import store, tables
 from metric_events import START, experiment_config, generate, reference
 
 DAYS = 3
@@ -20,7 +20,7 @@ DAYS = 3
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     client = store.connect(f"chdb://{tmp_path_factory.mktemp('metrics-store')}")
-    schema.migrate(client)
+    tables.migrate(client)
     yield client
     client.close()
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gateway.batcher import MicroBatcher
-from gateway.metrics import GatewayMetrics
+from gateway.prometheus import GatewayMetrics
 from gateway.query_cache import QueryCache
 from gateway.runtime import Runtime
 from gateway.search import VectorIndex

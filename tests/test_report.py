@@ -12,7 +12,8 @@ import yaml
 from experiments.report import build_report
 from experiments.report_commands import render_text
 from experiments.schema import parse_experiment
-from gateway import cli, schema, store
+from gateway import cli
+from gateway.eventlog import store, tables
 from metric_events import START, experiment_config, generate, reference
 
 DAYS = 4
@@ -22,7 +23,7 @@ DAYS = 4
 def client(tmp_path_factory):
     path = tmp_path_factory.mktemp("report-store")
     client = store.connect(f"chdb://{path}")
-    schema.migrate(client)
+    tables.migrate(client)
     logs = {
         "win": generate("win", {"control": 0.25, "treatment": 0.40}, units=1200, days=DAYS, seed=11),
         "lose": generate("lose", {"control": 0.40, "treatment": 0.25}, units=1200, days=DAYS, seed=12),

@@ -176,7 +176,7 @@ def test_simulated_users_reach_the_store_through_a_real_gateway(tmp_path, baseli
     import time
     import urllib.request
 
-    from gateway.store import connect
+    from gateway.eventlog.store import connect
 
     experiments = tmp_path / "experiments"
     experiments.mkdir()

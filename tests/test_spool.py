@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gateway.spool import HEADER, Spool, SpoolBusyError, frame
+from gateway.eventlog.spool import HEADER, Spool, SpoolBusyError, frame
 
 
 def payloads(n: int, size: int = 40) -> list[bytes]:

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from gateway import events, schema, store
+from gateway.eventlog import events, store, tables
 from event_samples import impression
 
 HOLD = """
@@ -67,7 +67,7 @@ def test_folder_held_by_another_process_names_it(tmp_path):
 
 def test_one_client_shared_by_threads(tmp_path):
     with store.connect(f"chdb://{tmp_path}/s") as client:
-        schema.migrate(client)
+        tables.migrate(client)
         errors = []
 
         def work(t: int) -> None:

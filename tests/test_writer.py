@@ -8,8 +8,8 @@ import time
 import pytest
 
 from event_samples import feedback, impression, stored
-from gateway import store
-from gateway.writer import EventWriter
+from gateway.eventlog import store
+from gateway.eventlog.writer import EventWriter
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_impressions_are_found_in_the_store_after_the_cache_is_gone(dsn, tmp_pat
 
     import msgspec
 
-    from gateway.events import utcnow
+    from gateway.eventlog.events import utcnow
     from gateway.impressions import (ImpressionCache, ImpressionExpired, ImpressionNotFound,
                                      ImpressionUnverifiable, StoredImpressions)
 
@@ -248,7 +248,7 @@ def test_a_lookup_racing_the_replay_of_an_earlier_run_waits_for_it(dsn, tmp_path
 
     import msgspec
 
-    from gateway.events import utcnow
+    from gateway.eventlog.events import utcnow
     from gateway.impressions import ImpressionCache, StoredImpressions
 
     served = msgspec.structs.replace(impression(7), ts=utcnow())

@@ -8,7 +8,7 @@ from litestar import Controller, Request, post
 
 from gateway.batcher import BatcherClosed
 from experiments.errors import InputError
-from gateway.events import Feedback, Impression, new_event_id, utcnow
+from gateway.eventlog.events import Feedback, Impression, new_event_id, utcnow
 from gateway.impressions import ImpressionExpired, ImpressionNotFound, ImpressionUnverifiable
 from gateway.routes.errors import ApiError
 from gateway.routes.schemas import (FeedbackRequest, FeedbackResponse, Result, SearchRequest, SearchResponse)

@@ -4,7 +4,7 @@
                                     └─► bounded in-memory queue ──► drain thread ──► INSERT … FORMAT MsgPack
                                                                                  ──► spool.commit(position)
 
-A spool record is already a MsgPack row of its table (gateway/events.py), so an insert is a join of bytes:
+A spool record is already a MsgPack row of its table (gateway/eventlog/events.py), so an insert is a join of bytes:
 the drain thread does no per-event Python work, which keeps the GIL free for the request path.
 
 The spool is the source of truth and the queue only a fast path: the drain thread takes events from memory
@@ -39,8 +39,8 @@ import threading
 import time
 from typing import Callable
 
-from gateway import events, schema
-from gateway.spool import Position, Spool
+from gateway.eventlog import events, tables
+from gateway.eventlog.spool import Position, Spool
 
 log = logging.getLogger("abgate.writer")
 
@@ -376,7 +376,7 @@ class EventWriter:
             client = self._factory()
             if self.migrate:
                 try:
-                    schema.migrate(client)
+                    tables.migrate(client)
                 except Exception:
                     _close_quietly(client)
                     raise

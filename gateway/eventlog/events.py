@@ -1,8 +1,8 @@
 """The two events the gateway logs, and how each becomes a ClickHouse row or a spool record.
 
 Who owns what: the gateway builds `Impression` (one per search response) and `Feedback` (one per click, dwell
-or conversion) and hands them to `gateway.writer.EventWriter.submit`; the writer turns each into bytes with `encode`: a
-record of the on-disk spool (`gateway.spool`) that is also a MsgPack row of `gateway.schema`'s `impressions` /
+or conversion) and hands them to `gateway.eventlog.writer.EventWriter.submit`; the writer turns each into bytes with `encode`: a
+record of the on-disk spool (`gateway.eventlog.spool`) that is also a MsgPack row of `gateway.eventlog.tables`'s `impressions` /
 `feedback` tables. The id fields are the deduplication keys: a replayed event keeps its id,
 so the ReplacingMergeTree tables collapse it (see docs/event-log.md).
 """

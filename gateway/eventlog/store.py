@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 from experiments.errors import AbgateError
-from gateway.schema import DEFAULT_DATABASE
+from gateway.eventlog.tables import DEFAULT_DATABASE
 
 DSN_ENV = "ABGATE_DSN"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from event_samples import feedback, impression, stored
-from gateway import events, schema, store
+from gateway.eventlog import events, store, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,9 +26,9 @@ def client(folder, request):
 
 
 def test_migrate_is_idempotent_and_versioned(client):
-    first = schema.migrate(client)
-    assert first["applied"] == [m.version for m in schema.MIGRATIONS]
-    assert schema.migrate(client)["applied"] == []
+    first = tables.migrate(client)
+    assert first["applied"] == [m.version for m in tables.MIGRATIONS]
+    assert tables.migrate(client)["applied"] == []
     versions = client.query(f"SELECT version FROM schema_migrations ORDER BY version").result_rows
     assert [v for (v,) in versions] == [1, 2, 3]
     tables = {name for (name,) in client.query("SHOW TABLES").result_rows}
@@ -37,7 +37,7 @@ def test_migrate_is_idempotent_and_versioned(client):
 
 
 def test_tables_follow_the_design(client):
-    schema.migrate(client)
+    tables.migrate(client)
     rows = client.query("SELECT name, engine, partition_key, sorting_key, create_table_query FROM system.tables "
                         "WHERE database = currentDatabase()").named_results()
     info = {r["name"]: r for r in rows}
@@ -45,7 +45,7 @@ def test_tables_follow_the_design(client):
         assert info[name]["engine"] == "ReplacingMergeTree"
         assert info[name]["partition_key"] == "toYYYYMM(ts)"
         assert info[name]["sorting_key"].startswith("experiment, arm, unit_id, impression_id")
-        assert f"toIntervalDay({schema.DEFAULT_TTL_DAYS})" in info[name]["create_table_query"]
+        assert f"toIntervalDay({tables.DEFAULT_TTL_DAYS})" in info[name]["create_table_query"]
     types = dict(client.query("SELECT name, type FROM system.columns WHERE database = currentDatabase() "
                               "AND table = 'impressions'").result_rows)
     assert types["experiment"] == types["arm"] == "LowCardinality(String)"
@@ -54,14 +54,14 @@ def test_tables_follow_the_design(client):
 
 
 def test_ttl_can_be_changed_and_removed(client):
-    schema.migrate(client, ttl_days=30)
+    tables.migrate(client, ttl_days=30)
     assert "toIntervalDay(30)" in client.command("SHOW CREATE TABLE impressions")
-    schema.migrate(client, ttl_days=0)
+    tables.migrate(client, ttl_days=0)
     assert "TTL" not in client.command("SHOW CREATE TABLE feedback")
 
 
 def test_a_retried_batch_is_not_counted_twice(client):
-    schema.migrate(client)
+    tables.migrate(client)
     imps = [impression(i) for i in range(500)]
     fbs = [feedback(imp) for imp in imps[:100]]
     for _ in range(2):  # the same batch twice: an insert whose acknowledgement was lost, then retried
@@ -80,7 +80,7 @@ def test_a_retried_batch_is_not_counted_twice(client):
 
 
 def test_rows_round_trip_exactly(client):
-    schema.migrate(client)
+    tables.migrate(client)
     imp = impression(7)
     client.insert_arrow("impressions", events.to_arrow([imp]))
     row = client.query("SELECT * FROM impressions_unique WHERE impression_id = {id:String}",
@@ -92,7 +92,7 @@ def test_rows_round_trip_exactly(client):
 
 
 def test_cluster_ddl_parses_and_shards_by_unit(client):
-    statements = schema.all_statements(cluster="prod")
+    statements = tables.all_statements(cluster="prod")
     for statement in statements:  # the real ClickHouse parser, not a string check
         client.query("SELECT formatQuery({q:String})", parameters={"q": statement})
     text = "\n".join(statements)
@@ -103,5 +103,5 @@ def test_cluster_ddl_parses_and_shards_by_unit(client):
 
 
 def test_deploy_file_is_the_generated_ddl():
-    assert (ROOT / "deploy" / "clickhouse-cluster.sql").read_text() == schema.cluster_sql("abgate"), \
-        "regenerate it: python -m gateway.schema abgate > deploy/clickhouse-cluster.sql"
+    assert (ROOT / "deploy" / "clickhouse-cluster.sql").read_text() == tables.cluster_sql("abgate"), \
+        "regenerate it: python -m gateway.eventlog.tables abgate > deploy/clickhouse-cluster.sql"
