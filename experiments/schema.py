@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from experiments.custom_metrics import parse_custom_metrics
-from experiments.problems import Path, Problem, format_path
+from experiments.problems import Path, Problem
 
 BUCKETS = 10_000
 UNITS = ("user", "session")

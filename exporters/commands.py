@@ -5,7 +5,6 @@ Each command prints a short human summary, or one JSON object with --json; progr
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys

@@ -23,7 +23,7 @@ from pathlib import Path
 from exporters import pairs as pairs_io
 from exporters.corpus import default_data_dir
 from exporters.mining import MiningSettings, mine
-from experiments.errors import ArtifactError, InputError
+from experiments.errors import InputError
 
 RECORD_NAME = "abgate-finetune.json"
 

@@ -15,7 +15,6 @@ place besides fine-tuning allowed to use them (docs/architecture.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -27,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.encoder import MANIFEST, MODEL_FILE, TOKENIZER_FILE, Encoder, encoder_checksum
+from gateway.artifacts import ENCODER_MANIFEST as MANIFEST
+from gateway.artifacts import MODEL_FILE, TOKENIZER_FILE, encoder_checksum, source_checksum
+from gateway.encoder import Encoder
 from experiments.errors import ArtifactError, InputError
 
 OPSET = 17
@@ -57,17 +58,6 @@ FALLBACK_SAMPLE = [
     "Someone in a gorilla costume is playing a set of drums.", "Vitamin D deficiency raises the risk of fracture.",
     "Aspirin lowers the risk of colorectal cancer.", "Statins reduce cardiovascular events in older adults.",
 ]
-
-
-def source_checksum(src: Path) -> str:
-    """sha256 over every file of the source model (relative path + bytes), in a stable order."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in src.rglob("*") if p.is_file() and ".git" not in p.parts):
-        digest.update(str(file.relative_to(src)).encode())
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def check_source(src: Path) -> None:

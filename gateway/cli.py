@@ -1,36 +1,33 @@
-"""The one `abgate` command. It only assembles the subcommands each package registers in its `commands.py`."""
+"""The one `abgate` command. It only assembles the subcommands each package registers (its `commands`)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 
+from experiments import commands as experiments_commands
 from experiments.errors import AbgateError
+from exporters import commands as exporters_commands
+from gateway.commands import db, report, serve, simulate
 
-# Each module exposes register(subparsers); a subcommand sets `func(args) -> int | None` as its default.
+# The composition root: the one module that knows every package's commands (docs/architecture.md). Each module
+# has register(subparsers); a subcommand sets `func(args) -> int | None` as its default. Command modules
+# import their heavy dependencies (torch, scipy, chdb) inside the command, so `abgate --help` stays fast.
 COMMAND_MODULES = (
-    "exporters.commands",          # export-model, finetune, build-index, eval-offline
-    "gateway.commands",            # serve
-    "gateway.db_commands",         # db migrate, events
-    "gateway.simulate_commands",   # simulate, demo
-    "experiments.commands",        # experiments validate
-    "experiments.stats_commands",  # stats
-    "experiments.report_commands", # report
+    exporters_commands,    # export-model, finetune, build-index, eval-offline
+    serve,                 # serve
+    db,                    # db migrate, events
+    simulate,              # simulate, simulate-volume, demo
+    experiments_commands,  # experiments validate, stats
+    report,                # report
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="abgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a package that has no commands yet
-                continue
-            raise
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

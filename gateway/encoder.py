@@ -10,8 +10,6 @@ run them separately:
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,10 +18,9 @@ import numpy as np
 import structlog
 
 from experiments.errors import ArtifactError, InputError
+from gateway.artifacts import (ENCODER_MANIFEST, MODEL_FILE, TOKENIZER_FILE, encoder_checksum,
+                              read_encoder_manifest)
 
-MANIFEST = "abgate-encoder.json"
-MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
 
 log = structlog.get_logger("abgate.encoder")
 
@@ -31,42 +28,6 @@ log = structlog.get_logger("abgate.encoder")
 # per inference ran ~13 texts/s, 1,024 ~11, 4,096 ~11, uncapped (32 x 256) 7.4 - activations of long
 # batches outgrow the caches. Short queries still batch ~25 at a time under 512.
 DEFAULT_MAX_BATCH_TOKENS = 512
-
-
-def encoder_checksum(path: str | Path) -> str:
-    """sha256 over model.onnx then tokenizer.json: what decides the vectors an encoder produces."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for name in (MODEL_FILE, TOKENIZER_FILE):
-        with open(path / name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
-def read_manifest(path: str | Path) -> dict:
-    path = Path(path)
-    manifest_path = path / MANIFEST
-    if not path.is_dir():
-        raise InputError(f"encoder directory {path} does not exist; build one with `abgate export-model`.",
-                         file=str(path))
-    for name in (MANIFEST, MODEL_FILE, TOKENIZER_FILE):
-        if not (path / name).is_file():
-            raise ArtifactError(f"{path} is not an abgate encoder directory: {name} is missing; "
-                                "build one with `abgate export-model SRC OUT`.", file=str(path / name))
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"the encoder manifest is not valid JSON ({exc.msg}); re-export the model.",
-                            file=str(manifest_path), line=exc.lineno) from None
-    for key in ("format", "checksum", "dimension", "pooling", "normalize", "max_length"):
-        if key not in manifest:
-            raise ArtifactError(f"the encoder manifest lacks {key!r}; re-export the model.",
-                                file=str(manifest_path), field=key)
-    if manifest["format"] != 1:
-        raise ArtifactError(f"encoder manifest format {manifest['format']} is not supported (expected 1).",
-                            file=str(manifest_path), field="format")
-    return manifest
 
 
 def select_providers(device: str) -> list[str]:
@@ -126,13 +87,13 @@ class Encoder:
         from tokenizers import Tokenizer
 
         path = Path(path)
-        manifest = read_manifest(path)
+        manifest = read_encoder_manifest(path)
         if verify:
             actual = encoder_checksum(path)
             if actual != manifest["checksum"]:
                 raise ArtifactError("model.onnx or tokenizer.json changed after export (checksum "
                                     f"{actual[:16]} != manifest {manifest['checksum'][:16]}); re-export.",
-                                    file=str(path / MANIFEST), field="checksum")
+                                    file=str(path / ENCODER_MANIFEST), field="checksum")
         if dimensions is not None and not 0 < dimensions <= int(manifest["dimension"]):
             raise InputError(f"dimensions must be between 1 and {manifest['dimension']}, got {dimensions}.",
                              field="dimensions")

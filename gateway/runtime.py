@@ -23,6 +23,7 @@ import structlog
 from experiments.loader import ExperimentSet, load_folder
 from experiments.schema import Arm, Experiment
 from experiments.state import ExperimentState
+from gateway.artifacts import check_dimensions, check_pair, read_encoder_manifest, read_index_manifest
 from gateway.assignment import Assigner, Assignment
 from gateway.batcher import MicroBatcher
 from gateway.encoder import Encoder
@@ -32,6 +33,33 @@ from gateway.search import VectorIndex
 from gateway.settings import Settings
 
 log = structlog.get_logger("abgate.runtime")
+
+
+def default_arm(settings: Settings) -> Arm | None:
+    """The arm for units that no running experiment takes, when the settings name one."""
+    if settings.default_encoder and settings.default_index:
+        return Arm("default", 1.0, settings.default_encoder, settings.default_index)
+    return None
+
+
+def plan_assigner(settings: Settings, experiments: ExperimentSet, state: ExperimentState) -> Assigner:
+    """The assigner a gateway with these settings serves: the one plan shared by `serve --check` and the
+    runtime, so the preflight can never accept what the runtime then refuses."""
+    try:
+        return Assigner(list(experiments.experiments.values()), settings.layer, default_arm(settings),
+                        is_admin_stopped=state.admin_stopped)
+    except ValueError as exc:
+        raise InputError(f"{exc}: add a running experiment for this layer, or set default_encoder and "
+                         "default_index (--default-encoder, --default-index)", file=str(settings.experiments_dir),
+                         field="layer") from None
+
+
+def check_arm_artifacts(settings: Settings, arm: Arm) -> None:
+    """The arm's encoder and index folders are complete, paired and of one dimension: manifests only, cheap."""
+    encoder = read_encoder_manifest(settings.resolve(arm.encoder))
+    index_path = settings.resolve(arm.index)
+    index = read_index_manifest(index_path, encoder_checksum=str(encoder["checksum"]))
+    check_dimensions(index["dimension"], arm.dimensions or encoder["dimension"], str(index_path), arm.name)
 
 
 @dataclass(frozen=True)
@@ -84,20 +112,9 @@ class Runtime:
     def _load_experiments(self, force: bool) -> ExperimentSet:
         return load_folder(self.settings.experiments_dir, state=self.state, force=force or self.settings.force)
 
-    def _default_arm(self) -> Arm | None:
-        s = self.settings
-        if s.default_encoder and s.default_index:
-            return Arm("default", 1.0, s.default_encoder, s.default_index)
-        return None
-
     def _build(self, experiments: ExperimentSet) -> tuple[Assigner, dict[tuple, ArmRuntime]]:
         """In a worker thread: the assigner, and every arm's artifacts (loading only what is new)."""
-        try:
-            assigner = Assigner(list(experiments.experiments.values()), self.settings.layer, self._default_arm(),
-                                is_admin_stopped=self.state.admin_stopped)
-        except ValueError as exc:
-            raise InputError(f"{exc}: add a running experiment for this layer, or set default_encoder and "
-                             "default_index", file=str(self.settings.experiments_dir), field="layer") from None
+        assigner = plan_assigner(self.settings, experiments, self.state)
         arms: dict[tuple, ArmRuntime] = {}
         for arm in assigner.serving_arms():
             key = self.arm_key_static(arm)
@@ -118,12 +135,9 @@ class Runtime:
                                          gpu=self.settings.device != "cpu",
                                          threads=self.settings.encoder_threads or None)
                 self._indexes[ipath] = index
-            elif index.encoder_checksum != encoder.checksum:
-                VectorIndex.load(ipath, encoder_checksum=encoder.checksum)  # raises the clear mismatch error
-            if index.dimension != encoder.dimension:
-                raise InputError(f"index {ipath} has {index.dimension} dimensions but arm {arm.name!r} encodes "
-                                 f"{encoder.dimension}; build the index with the same `dimensions`",
-                                 field="dimensions")
+            else:
+                check_pair(index.manifest, encoder.checksum, ipath)
+            check_dimensions(index.dimension, encoder.dimension, ipath, arm.name)
             arms[key] = ArmRuntime(arm, encoder, index, self._batcher(ekey, encoder))
         return assigner, arms
 
@@ -162,8 +176,7 @@ class Runtime:
             if exp is None:
                 raise KeyError(name)
             self.state.stop(name)
-            assigner = Assigner(list(serving.experiments.experiments.values()), self.settings.layer,
-                                self._default_arm(), is_admin_stopped=self.state.admin_stopped)
+            assigner = plan_assigner(self.settings, serving.experiments, self.state)
             self.serving = replace(serving, assigner=assigner)
             log.warning("experiment stopped by admin", experiment=name)
             return exp

@@ -11,7 +11,6 @@ Kinds: `flat-ip` (exact, the default), `hnsw` (graph; params M, ef_construction,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,10 +21,8 @@ import numpy as np
 import structlog
 
 from experiments.errors import ArtifactError, InputError
+from gateway.artifacts import DOCS_FILE, INDEX_FILE, INDEX_MANIFEST, file_checksum, read_index_manifest
 
-MANIFEST = "abgate-index.json"
-INDEX_FILE = "index.faiss"
-DOCS_FILE = "docs.jsonl"
 KINDS = ("flat-ip", "hnsw", "ivfpq")
 
 log = structlog.get_logger("abgate.search")
@@ -76,15 +73,6 @@ def _apply_search_params(index, kind: str, params: dict) -> None:
         index.hnsw.efSearch = int(params["ef_search"])
     elif kind == "ivfpq":
         faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
-
-
-def _file_checksum(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _maybe_to_gpu(index, kind: str):
@@ -152,9 +140,9 @@ class VectorIndex:
         with open(path / DOCS_FILE, "w") as fh:
             for doc_id, meta in zip(self.doc_ids, self.metadata):
                 fh.write(json.dumps({"id": doc_id, "metadata": meta}, ensure_ascii=False) + "\n")
-        self.manifest["checksum"] = _file_checksum(path / INDEX_FILE, path / DOCS_FILE)
+        self.manifest["checksum"] = file_checksum(path / INDEX_FILE, path / DOCS_FILE)
         self.checksum = self.manifest["checksum"]
-        (path / MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n")
+        (path / INDEX_MANIFEST).write_text(json.dumps(self.manifest, indent=2) + "\n")
         self.path = path
         return path
 
@@ -164,29 +152,7 @@ class VectorIndex:
     def load(cls, path: str | Path, *, encoder_checksum: str | None = None, threads: int | None = None,
              gpu: bool = True) -> "VectorIndex":
         path = Path(path)
-        manifest_path = path / MANIFEST
-        if not path.is_dir():
-            raise InputError(f"index directory {path} does not exist; build one with `abgate build-index`.",
-                             file=str(path))
-        for name in (MANIFEST, INDEX_FILE, DOCS_FILE):
-            if not (path / name).is_file():
-                raise ArtifactError(f"{path} is not an abgate index directory: {name} is missing; "
-                                    "build one with `abgate build-index`.", file=str(path / name))
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"the index manifest is not valid JSON ({exc.msg}); rebuild the index.",
-                                file=str(manifest_path), line=exc.lineno) from None
-        for key in ("format", "kind", "encoder_checksum", "dimension", "count"):
-            if key not in manifest:
-                raise ArtifactError(f"the index manifest lacks {key!r}; rebuild the index.",
-                                    file=str(manifest_path), field=key)
-        if encoder_checksum is not None and manifest["encoder_checksum"] != encoder_checksum:
-            raise ArtifactError(
-                f"this index was built by encoder {manifest['encoder_checksum'][:16]}, not by the encoder given "
-                f"({encoder_checksum[:16]}); its vectors are in another space. Rebuild it with "
-                "`abgate build-index` using this encoder, or pair it with the encoder that built it.",
-                file=str(manifest_path), field="encoder_checksum")
+        manifest = read_index_manifest(path, encoder_checksum=encoder_checksum)
         index = faiss.read_index(str(path / INDEX_FILE))
         doc_ids, metadata = [], []
         with open(path / DOCS_FILE) as fh:

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway import launcher
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -143,14 +145,6 @@ def _version(name: str) -> str:
 
 # ---- gateway (issue 3): a real `abgate serve` process on 127.0.0.1, for tests/test_app.py and test_fuzz_api.py --
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def hnsw_index_dir(small_index_dir: Path, baseline_encoder) -> Path:
     """The same documents as `small_index_dir` in an HNSW index: a second arm with its own index."""
@@ -196,57 +190,17 @@ design: {{mde: 0.02, sequential: true}}
     return path
 
 
-class GatewayProcess:
-    """`python -m gateway.cli serve` in a subprocess; `url`, `stop()`, `signal(sig)`."""
-
-    def __init__(self, workdir: Path, experiments: Path, *extra: str, env: dict | None = None) -> None:
-        import subprocess
-        import sys
-        import time
-
-        import httpx
-
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workdir = workdir
-        self.log = open(workdir / "gateway.log", "w")
-        environment = {**os.environ, "OMP_NUM_THREADS": "1", "ABGATE_ADMIN_API_KEY": "test-key",
-                       "ABGATE_DSN": f"chdb://{workdir / 'store'}", "ABGATE_SPOOL_DIR": str(workdir / "spool"),
-                       "ABGATE_STATE_FILE": str(workdir / "state.json"), **(env or {})}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--experiments", str(experiments), "--port",
-             str(self.port), *extra], cwd=REPO, env=environment, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"abgate serve exited {self.process.returncode}: {self.read_log()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"abgate serve was not ready in 120 s: {self.read_log()[-3000:]}")
-
-    def read_log(self) -> str:
-        return (self.workdir / "gateway.log").read_text()
-
-    def signal(self, sig) -> None:
-        self.process.send_signal(sig)
-
-    def stop(self) -> int:
-        import signal as signals
-
-        if self.process.poll() is None:
-            self.process.send_signal(signals.SIGINT)
-            try:
-                self.process.wait(30)
-            except Exception:
-                self.process.kill()
-                self.process.wait(10)
-        self.log.close()
-        return self.process.returncode
+def GatewayProcess(workdir: Path, experiments: Path, *extra: str, env: dict | None = None) -> launcher.GatewayProcess:
+    """The shared launcher (gateway/launcher.py) with the tests' store, spool, state file and admin key."""
+    environment = {"OMP_NUM_THREADS": "1", "ABGATE_ADMIN_API_KEY": "test-key",
+                   "ABGATE_DSN": f"chdb://{workdir / 'store'}", "ABGATE_SPOOL_DIR": str(workdir / "spool"),
+                   "ABGATE_STATE_FILE": str(workdir / "state.json"), **(env or {})}
+    log_path = workdir / "gateway.log"
+    log_path.unlink(missing_ok=True)
+    process = launcher.GatewayProcess(["--experiments", str(experiments), *extra], env=environment,
+                                      log_path=log_path)
+    process.workdir = workdir  # the tests open its store and spool
+    return process.start()
 
 
 @pytest.fixture(scope="session")

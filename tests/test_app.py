@@ -245,7 +245,6 @@ def test_feedback_after_a_restart_is_checked_against_the_event_log(tmp_path, gat
             unflushed = c.post("/v1/search", json={"query": QUERIES[0], "unit_id": "restart-2", "k": 5}).json()
         gateway.process.kill()  # within the flush interval: the impression is in the spool, not the store
         gateway.process.wait(10)
-        gateway.log.close()
         gateway = GatewayProcess(tmp_path, tmp_path / "experiments")  # replays the spool, then is ready
         with httpx.Client(base_url=gateway.url, timeout=30) as c:
             replayed = _click(c, unflushed)

@@ -3,9 +3,7 @@ Debian chromium. Checks that the verdict and the SVG charts rendered, keeps test
 
 from __future__ import annotations
 
-import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -14,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-import yaml
 from litestar import Litestar
 from litestar.datastructures import State
 
 from dashboards.routes import DashboardSource, router
 from experiments.schema import parse_experiment
+from gateway.launcher import free_port
 from gateway.eventlog import store, tables
 from metric_events import START, experiment_config, generate
 
@@ -29,10 +27,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DAYS = 10
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def server(tmp_path_factory):
     assert not problems
     source = DashboardSource(lambda: {exp.name: exp}, lambda: client)
     app = Litestar(route_handlers=[router], state=State({"dashboard_source": source}))
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

@@ -359,7 +359,6 @@ def test_http_kill_9_under_load_then_restart(tmp_path, gateway_artifacts):
     _run_traffic(gateway.url, 60, results, until=kill_after_30)
     assert killed_at, "the gateway never acknowledged 30 searches"
     gateway.process.wait(30)
-    gateway.log.close()
     assert len(results["impressions"]) > 20
     restarted = GatewayProcess(tmp_path, experiments, "--max-wait-ms", "5", "--no-access-log")  # replays
     code = restarted.stop()

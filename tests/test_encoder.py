@@ -8,7 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from gateway.encoder import Encoder, encoder_checksum
+from gateway.artifacts import encoder_checksum
+from gateway.encoder import Encoder
 from experiments.errors import ArtifactError, InputError
 
 TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome.",

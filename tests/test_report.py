@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from experiments.report import build_report
-from experiments.report_commands import render_text
+from dashboards.text import render_text
 from experiments.schema import parse_experiment
 from gateway import cli
 from gateway.eventlog import store, tables

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from experiments.errors import InputError
-from gateway.replay import check_loopback
-from gateway.simulator import ClickModel, Population, load_judgments, make_users, user_rng
+from gateway.launcher import GatewayProcess, free_port
+from gateway.simulation.replay import check_loopback
+from gateway.simulation.users import ClickModel, Population, load_judgments, make_users, user_rng
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DATA", ROOT.parent / "shared" / "data" / "scifact"))
@@ -162,19 +163,10 @@ def test_cli_says_when_no_gateway_answers():
 
 # --- End to end: real `abgate serve` (real model, FAISS, chdb), real HTTP, then the store is read ---------------
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_simulated_users_reach_the_store_through_a_real_gateway(tmp_path, baseline_encoder_dir, small_index_dir):
-    import signal
-    import time
-    import urllib.request
 
     from gateway.eventlog.store import connect
 
@@ -197,33 +189,17 @@ arms:
 metrics: {{primary: ctr}}
 design: {{alpha: 0.05, mde: 0.02, sequential: true}}
 """)
-    port, dsn = _free_port(), f"chdb://{tmp_path / 'store'}"
-    env = dict(os.environ, ABGATE_EXPERIMENTS_DIR=str(experiments), ABGATE_PORT=str(port), ABGATE_DSN=dsn,
-               ABGATE_SPOOL_DIR=str(tmp_path / "spool"), ABGATE_STATE_FILE=str(tmp_path / "state.json"),
-               ABGATE_ACCESS_LOG="false", HF_HUB_OFFLINE="1")
-    server = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, server.stdout.read()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "gateway not ready"
-            time.sleep(0.5)
-        proc = subprocess.run([sys.executable, "-m", "gateway.cli", "simulate", "--url", f"http://127.0.0.1:{port}",
+    dsn = f"chdb://{tmp_path / 'store'}"
+    env = dict(ABGATE_EXPERIMENTS_DIR=str(experiments), ABGATE_DSN=dsn, ABGATE_SPOOL_DIR=str(tmp_path / "spool"),
+               ABGATE_STATE_FILE=str(tmp_path / "state.json"), ABGATE_ACCESS_LOG="false", HF_HUB_OFFLINE="1")
+    with GatewayProcess(env=env, log_path=tmp_path / "gateway.log", ready_timeout_s=180) as server:
+        proc = subprocess.run([sys.executable, "-m", "gateway.cli", "simulate", "--url", server.url,
                                "--data", str(DATA), "--users", "12", "--seed", "3", "--concurrency", "4", "--json"],
                               capture_output=True, text=True, cwd=ROOT, timeout=300)
         assert proc.returncode == 0, proc.stderr
         result = json.loads(proc.stdout)
         assert "simulate: " in proc.stderr  # progress on stderr, counts on stdout
-    finally:
-        server.send_signal(signal.SIGINT)  # graceful: the writer flushes before exit
-        server.wait(timeout=60)
+    # leaving the block stops the gateway with SIGINT: the writer flushes before exit
     assert result["users_done"] == 12 and result["failed_searches"] == 0 and result["failed_feedback"] == 0
     assert result["searches"] == result["planned_searches"] > 12  # repeat visits: more searches than users
     assert result["clicks"] > 0 and result["feedback"] == result["clicks"] + result["dwells"] + result["conversions"]
@@ -245,8 +221,8 @@ def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encode
     import argparse
     import shutil
 
-    from gateway.demo import Context
-    from gateway.demo_run import AA, AB, evaluate_offline, reset_store_if_stale, serve_and_simulate
+    from gateway.simulation.demo import Context
+    from gateway.simulation.demo_traffic import AA, AB, evaluate_offline, reset_store_if_stale, serve_and_simulate
 
     work = tmp_path / "work"
     shutil.copytree(ROOT / "experiments" / "demo", work / "experiments" / "demo")
@@ -260,7 +236,7 @@ def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encode
     record = reset_store_if_stale(ctx, fresh=False)
     offline = evaluate_offline(ctx)
     assert offline["baseline"]["ndcg@10"] == offline["finetuned"]["ndcg@10"] > 0.3
-    args = argparse.Namespace(fresh_traffic=False, port=_free_port(), stages=[40], seed=5, concurrency=4,
+    args = argparse.Namespace(fresh_traffic=False, port=free_port(), stages=[40], seed=5, concurrency=4,
                               all_stages=False, keep_serving=False)
     result = serve_and_simulate(ctx, args, offline, record)
     assert [s["users"] for s in result["stages"]] == [40]
@@ -276,14 +252,14 @@ def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encode
 # --- The volume study: power and A/A false positives of the CTR test, by simulation ----------------------------
 
 def _judgments_for(n_queries: int):
-    from gateway.simulator import Judgments
+    from gateway.simulation.users import Judgments
 
     return Judgments({str(q): f"query {q}" for q in range(n_queries)},
                      {str(q): {f"rel{q}": 1} for q in range(n_queries)})
 
 
 def test_click_matrix_puts_each_arms_relevant_docs_where_it_ranked_them():
-    from gateway.volume import click_matrix
+    from gateway.simulation.volume import click_matrix
 
     judgments = _judgments_for(2)
     model = ClickModel(eta=1.0, p_relevant=0.5, noise=0.0)
@@ -294,7 +270,7 @@ def test_click_matrix_puts_each_arms_relevant_docs_where_it_ranked_them():
 
 
 def test_volume_study_finds_power_for_a_real_difference_and_none_for_aa():
-    from gateway.volume import click_matrix, study, volume_needed
+    from gateway.simulation.volume import click_matrix, study, volume_needed
 
     judgments = _judgments_for(50)
     model = ClickModel()
@@ -312,7 +288,7 @@ def test_volume_study_finds_power_for_a_real_difference_and_none_for_aa():
 
 
 def test_volume_study_metrics_per_search_and_their_power():
-    from gateway.volume import _per_search, click_matrix, study
+    from gateway.simulation.volume import _per_search, click_matrix, study
 
     clicked = np.array([[False, True, True], [False, False, False], [True, False, False]])
     np.testing.assert_allclose(_per_search(clicked, "ctr"), [2, 0, 1])

@@ -31,9 +31,9 @@ def test_migrate_is_idempotent_and_versioned(client):
     assert tables.migrate(client)["applied"] == []
     versions = client.query(f"SELECT version FROM schema_migrations ORDER BY version").result_rows
     assert [v for (v,) in versions] == [1, 2, 3]
-    tables = {name for (name,) in client.query("SHOW TABLES").result_rows}
+    names = {name for (name,) in client.query("SHOW TABLES").result_rows}
     assert {"impressions", "feedback", "offline_eval", "offline_eval_queries", "schema_migrations",
-            "impressions_unique", "feedback_unique"} <= tables
+            "impressions_unique", "feedback_unique"} <= names
 
 
 def test_tables_follow_the_design(client):

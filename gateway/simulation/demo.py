@@ -8,25 +8,25 @@
 Steps are cached: a step is skipped when its output is complete (the manifest each command writes last) and
 consistent with its input (an encoder exported from these very model files, an index built by this very
 encoder), so a second run skips finished steps and a changed model rebuilds what depends on it. Ctrl-C stops the running step and the gateway cleanly (SIGINT, then
-SIGTERM/SIGKILL after a grace period) and exits 130. The orchestration of the traffic is in gateway/demo_run.py.
+SIGTERM/SIGKILL after a grace period) and exits 130. The orchestration of the traffic is in gateway/simulation/demo_traffic.py.
 
-    python -m gateway.demo --data DIR [--stages N ...] [--keep-serving] [--json]
+    python -m gateway.simulation.demo --data DIR [--stages N ...] [--keep-serving] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from experiments.errors import AbgateError, InputError
+from experiments.errors import InputError
+from gateway.artifacts import encoder_ready, index_ready
+from gateway.simulation.demo_traffic import (evaluate_offline, plan_volume, print_outcome, reset_store_if_stale,
+                                             serve_and_simulate)
+from gateway.simulation.steps import Context, abgate, log, run_step
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -52,94 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-serving", action="store_true",
                    help="keep the gateway (and its dashboard) up at the end until Ctrl-C")
     p.add_argument("--json", action="store_true", help="print the demo's outcome as JSON")
-
-
-@dataclass
-class Context:
-    work: Path
-    data: Path
-    env: dict
-    timings: dict = field(default_factory=dict)
-
-    def path(self, *parts: str) -> Path:
-        return self.work.joinpath(*parts)
-
-
-def log(message: str) -> None:
-    print(f"demo: {message}", file=sys.stderr, flush=True)
-
-
-def abgate(*args: str) -> list[str]:
-    return [sys.executable, "-m", "gateway.cli", *args]
-
-
-class Child:
-    """A subprocess that Ctrl-C stops cleanly: SIGINT first (the CLI exits 130), then SIGTERM, then SIGKILL."""
-
-    def __init__(self, command: list[str], ctx: Context, **kwargs) -> None:
-        # Own process group: the terminal's Ctrl-C reaches us only, and we decide how the child stops.
-        env = kwargs.pop("env", ctx.env)
-        self.proc = subprocess.Popen(command, cwd=ctx.work, env=env, start_new_session=True, **kwargs)
-
-    def stop(self, grace_s: float = 10.0) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if self.proc.poll() is not None:
-                return
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                continue
-
-    def communicate(self) -> str | None:
-        try:
-            return self.proc.communicate()[0]
-        except BaseException:  # Ctrl-C while waiting: stop the child before going on
-            self.stop()
-            raise
-
-
-def run_step(ctx: Context, name: str, out: Path, command: list[str], done: Callable[[], bool]) -> None:
-    """Run `command` unless `done()` says its output is already there and consistent with its inputs."""
-    if done():
-        log(f"{name}: done already ({out.relative_to(ctx.work)})")
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log(f"{name}: {' '.join(['abgate', *command[3:]])}")
-    started = time.perf_counter()
-    child = Child(command, ctx, stdout=sys.stderr)  # stdout stays for the demo's own result (--json)
-    child.communicate()
-    code = child.proc.returncode
-    if code == 130:
-        raise KeyboardInterrupt
-    if code != 0:
-        raise AbgateError(f"step {name!r} failed (exit code {code}); its messages are above. Fix the cause and "
-                          "rerun `make demo`: finished steps are kept.")
-    ctx.timings[name] = round(time.perf_counter() - started, 1)
-    log(f"{name}: finished in {ctx.timings[name]} s")
-
-
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def encoder_ready(encoder: Path, source: Path) -> bool:
-    """Exported (the manifest is written last) from this very source model (same files, same bytes)."""
-    from exporters.onnx_export import source_checksum  # hashes files; torch stays unimported
-
-    manifest = _json(encoder / "abgate-encoder.json")
-    return bool(manifest) and manifest.get("source", {}).get("checksum") == source_checksum(source)
-
-
-def index_ready(index: Path, encoder: Path) -> bool:
-    manifest, enc = _json(index / "abgate-index.json"), _json(encoder / "abgate-encoder.json")
-    return bool(manifest and enc) and manifest.get("encoder_checksum") == enc.get("checksum")
 
 
 def build_arms(ctx: Context, finetune_args: list[str]) -> None:
@@ -177,9 +89,6 @@ def _interrupt(signum, frame) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.demo_run import (evaluate_offline, plan_volume, print_outcome, reset_store_if_stale,
-                                  serve_and_simulate)
-
     work = Path(args.workdir).resolve()
     data = Path(args.data)
     data = (data if data.is_absolute() else (work / data)).resolve()

@@ -49,34 +49,15 @@ SETTING_FLAGS = ("experiments_dir", "layer", "artifacts_dir", "state_file", "def
 
 def preflight(settings: Settings):
     """Check experiments and artifact folders before uvicorn starts, so mistakes print as one clean line
-    (file, line, field) instead of a startup traceback."""
+    (file, line, field) instead of a startup traceback. The same plan as the runtime's (gateway/runtime.py)."""
     from experiments.loader import load_folder
     from experiments.state import ExperimentState
-    from gateway.assignment import Assigner
-    from gateway.encoder import read_manifest
-    from experiments.errors import InputError
-    from gateway.search import MANIFEST as INDEX_MANIFEST
+    from gateway.runtime import check_arm_artifacts, plan_assigner
 
-    loaded = load_folder(settings.experiments_dir, state=ExperimentState.load(settings.state_file),
-                         force=settings.force)
-    try:
-        assigner = Assigner(list(loaded.experiments.values()), settings.layer)
-    except ValueError:
-        if not settings.default_encoder:
-            raise InputError(f"no experiment of layer {settings.layer!r} in {settings.experiments_dir}: add one, "
-                             "or pass --default-encoder and --default-index", field="layer") from None
-        arms = []
-    else:
-        arms = assigner.serving_arms()
-    if settings.default_encoder:
-        from experiments.schema import Arm
-        arms.append(Arm("default", 1, settings.default_encoder, settings.default_index))
-    for arm in arms:
-        read_manifest(settings.resolve(arm.encoder))
-        index = settings.resolve(arm.index)
-        if not (index / INDEX_MANIFEST).is_file():
-            raise InputError(f"arm {arm.name!r}: {index} is not an index folder ({INDEX_MANIFEST} is missing); "
-                             "build it with `abgate build-index` or fix the path", field="index")
+    state = ExperimentState.load(settings.state_file)
+    loaded = load_folder(settings.experiments_dir, state=state, force=settings.force)
+    for arm in plan_assigner(settings, loaded, state).serving_arms():
+        check_arm_artifacts(settings, arm)
     return loaded
 
 

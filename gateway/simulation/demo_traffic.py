@@ -17,10 +17,10 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
-from gateway.demo import Child, Context, _json, abgate, log, run_step
+from gateway.launcher import GatewayProcess
+from gateway.simulation.steps import Child, Context, _json, abgate, log, run_step
 from experiments.errors import AbgateError
 
 AB, AA = "finetune-vs-baseline", "aa-baseline"
@@ -122,45 +122,14 @@ def plan_volume(ctx: Context, reps: int = 100) -> dict:
     return plan
 
 
-class Gateway:
-    """`abgate serve` on the demo experiments, logging to artifacts/demo/gateway.log."""
-
-    def __init__(self, ctx: Context, port: int) -> None:
-        self.ctx, self.port, self.child = ctx, port, None
-        self.url = f"http://127.0.0.1:{port}"
-        folder = demo_dir(ctx)
-        self.log_path = folder / "gateway.log"
-        self.env = dict(ctx.env, ABGATE_EXPERIMENTS_DIR=str(ctx.path("experiments", "demo")), ABGATE_LAYER="demo",
-                        ABGATE_ARTIFACTS_DIR=str(ctx.work), ABGATE_PORT=str(port), ABGATE_HOST="127.0.0.1",
-                        ABGATE_SPOOL_DIR=str(folder / "spool"), ABGATE_STATE_FILE=str(folder / "state.json"),
-                        ABGATE_ACCESS_LOG="false", ABGATE_LOG_LEVEL="warning", ABGATE_ENCODER_THREADS="1",
-                        ABGATE_QUERY_CACHE=str(QUERY_CACHE))
-
-    def start(self, timeout_s: float = 300.0) -> None:
-        log(f"starting the gateway on {self.url} (log: {self.log_path.relative_to(self.ctx.work)})")
-        with open(self.log_path, "a") as log_file:
-            self.child = Child(abgate("serve"), self.ctx, env=self.env, stdout=log_file,
-                               stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.child.proc.poll() is not None:
-                tail = self.log_path.read_text()[-2000:]
-                raise AbgateError(f"the gateway exited with code {self.child.proc.returncode} while starting; "
-                                  f"the end of its log:\n{tail}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise AbgateError(f"the gateway was not ready after {timeout_s:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.child:
-            self.child.stop(grace_s=30.0)  # SIGINT: uvicorn shuts down and the writer flushes
-            self.child = None
+def demo_gateway(ctx: Context, port: int) -> GatewayProcess:
+    """`abgate serve` on the demo experiments, logging to artifacts/demo/gateway.log (not started yet)."""
+    folder = demo_dir(ctx)
+    env = dict(ctx.env, ABGATE_EXPERIMENTS_DIR=str(ctx.path("experiments", "demo")), ABGATE_LAYER="demo",
+               ABGATE_ARTIFACTS_DIR=str(ctx.work), ABGATE_SPOOL_DIR=str(folder / "spool"),
+               ABGATE_STATE_FILE=str(folder / "state.json"), ABGATE_ACCESS_LOG="false", ABGATE_LOG_LEVEL="warning",
+               ABGATE_ENCODER_THREADS="1", ABGATE_QUERY_CACHE=str(QUERY_CACHE))
+    return GatewayProcess(env=env, port=port, log_path=folder / "gateway.log", cwd=ctx.work, ready_timeout_s=300)
 
 
 def run_cli_json(ctx: Context, *args: str, env: dict | None = None) -> dict:
@@ -203,7 +172,7 @@ def read_reports(ctx: Context) -> dict:
 def serve_and_simulate(ctx: Context, args, offline: dict, record: dict) -> dict:
     """`record`: from reset_store_if_stale, called before the offline evaluation (whose rows share the store)."""
     folder = demo_dir(ctx)
-    gateway = Gateway(ctx, args.port)
+    gateway = demo_gateway(ctx, args.port)
     previous = record["stages"][-1]["users"] if record["stages"] else 0
     reports = None
     try:
@@ -212,6 +181,7 @@ def serve_and_simulate(ctx: Context, args, offline: dict, record: dict) -> dict:
                 continue
             record["running"] = number
             (folder / "traffic.json").write_text(json.dumps(record, indent=2))
+            log(f"starting the gateway on {gateway.url} (log: {gateway.log_path.relative_to(ctx.work)})")
             gateway.start()
             log(f"stage {number}: {users - previous} more simulated users (cumulative {users})")
             started = time.perf_counter()
@@ -301,6 +271,6 @@ def print_outcome(result: dict, as_json: bool) -> None:
     print(f"A/A verdict: {result['aa']['headline']} -> "
           f"{'a false positive!' if result['aa_declared_winner'] else 'no winner, as it should be'}")
     print(f"Dashboard: {result['dashboard']['ab']} (live while the gateway runs: "
-          f"`python -m gateway.demo --keep-serving`); as a file: {result['static_dashboard']['ab']} "
+          f"`python -m gateway.simulation.demo --keep-serving`); as a file: {result['static_dashboard']['ab']} "
           f"(A/A: {result['static_dashboard']['aa']})")
     print(f"Timings (s): {result['timings']}")

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from experiments.stats import RatioStatistic, sequential_test, z_test
-from gateway.simulator import ClickModel, Judgments, Population
+from gateway.simulation.users import ClickModel, Judgments, Population
 
 
 @dataclass(frozen=True)

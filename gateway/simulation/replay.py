@@ -15,7 +15,7 @@ from typing import Callable
 import httpx
 
 from experiments.errors import AbgateError, InputError
-from gateway.simulator import ClickModel, Judgments, SimulatedUser
+from gateway.simulation.users import ClickModel, Judgments, SimulatedUser
 
 
 @dataclass
@@ -69,7 +69,7 @@ FAIL_FAST_AFTER = 20   # searches that all failed before the run gives up with a
 
 async def _run_user(client: httpx.AsyncClient, user: SimulatedUser, judgments: Judgments, model: ClickModel,
                     seed: int, k: int, result: SimulationResult) -> None:
-    from gateway.simulator import user_rng
+    from gateway.simulation.users import user_rng
 
     # A separate stream from the one that built the user, so clicks do not depend on the population size.
     rng = user_rng(seed, 1_000_000_000 + user.index)

@@ -59,14 +59,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     d = sub.add_parser("demo", help="the whole loop on SciFact: export, fine-tune, index, serve, simulate, report",
                        description="Same as `make demo`; see docs/demo.md. Finished steps are skipped.")
-    from gateway.demo import add_arguments
+    from gateway.simulation.demo import add_arguments
     add_arguments(d)
     d.set_defaults(func=demo)
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from gateway.replay import check_loopback, replay
-    from gateway.simulator import ClickModel, Population, load_judgments, make_users
+    from gateway.simulation.replay import check_loopback, replay
+    from gateway.simulation.users import ClickModel, Population, load_judgments, make_users
 
     url = check_loopback(args.url)
     model = ClickModel(eta=args.eta, p_relevant=args.p_relevant, noise=args.noise,
@@ -114,8 +114,8 @@ def _rankings(path: str) -> dict[str, list[str]]:
 
 
 def simulate_volume(args: argparse.Namespace) -> int:
-    from gateway.simulator import ClickModel, Population, load_judgments
-    from gateway.volume import click_matrix, study, volume_needed
+    from gateway.simulation.users import ClickModel, Population, load_judgments
+    from gateway.simulation.volume import click_matrix, study, volume_needed
 
     judgments = load_judgments(args.data, args.split)
     model = ClickModel()
@@ -145,6 +145,6 @@ def simulate_volume(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from gateway.demo import run
+    from gateway.simulation.demo import run
 
     return run(args)
