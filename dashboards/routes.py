@@ -4,12 +4,12 @@
     GET /dashboard/{experiment}             that experiment's report page (HTML)
     GET /dashboard/{experiment}/report.json the same report as JSON
 
-Where the data comes from (`app.state`): a `DashboardSource` under `dashboard_source` when one was put
-there (tests, a report-only server), else the gateway's (`app.state.gateway`): its loaded experiments and a
-store client opened on its DSN the first time a page is asked for. In the serving process that is the same
-embedded store folder the event writer uses; clickhouse-connect shares one chdb engine per folder and
-`gateway.eventlog.store.LockedClient` serializes the queries. Reports run in a worker thread (sync_to_thread): a
-ClickHouse query must not block the event loop that answers searches.
+Where the data comes from: a `DashboardSource` that the app puts in its state under `dashboard_source`
+(the gateway's: its loaded experiments and a store client opened on its DSN the first time a page is asked
+for; tests and a report-only server put their own). It reaches the handlers through `Provide`. In the serving
+process the store is the same embedded folder the event writer uses; clickhouse-connect shares one chdb
+engine per folder and the store's LockedClient serializes the queries. Reports run in a worker thread
+(sync_to_thread): a ClickHouse query must not block the event loop that answers searches.
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from litestar import Request, Response, Router, get
+from litestar import Response, Router, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.params import SkipValidation
 from litestar.exceptions import NotFoundException
 
 from dashboards import pages
+from experiments.report import build_report
 
 
 @dataclass
@@ -46,24 +50,13 @@ class DashboardSource:
                 self._client = None
 
 
-def _gateway_source(gw) -> DashboardSource:
-    from gateway.eventlog import store
-
-    def experiments() -> dict:
-        serving = gw.runtime.serving
-        return dict(serving.experiments.experiments) if serving is not None else {}
-
-    return DashboardSource(experiments, lambda: store.connect(gw.settings.dsn or store.default_dsn()))
+DASHBOARD_SOURCE = "dashboard_source"
 
 
-def source_of(request: Request) -> DashboardSource:
-    state = request.app.state
-    source = state.get("dashboard_source")
+def provide_source(state: State) -> DashboardSource:
+    source = state.get(DASHBOARD_SOURCE)
     if source is None:
-        gw = state.get("gateway")
-        if gw is None:
-            raise RuntimeError("the dashboard needs app.state.dashboard_source or app.state.gateway")
-        source = state["dashboard_source"] = _gateway_source(gw)
+        raise RuntimeError(f"the dashboard router needs a DashboardSource in app.state[{DASHBOARD_SOURCE!r}]")
     return source
 
 
@@ -76,29 +69,27 @@ def _experiment(source: DashboardSource, name: str):
     return experiments[name]
 
 
-def _report(request: Request, name: str) -> dict:
-    from experiments.report import build_report  # imported on first use: the gateway starts without it
-
-    source = source_of(request)
+def _report(source: DashboardSource, name: str) -> dict:
     return build_report(source.client(), _experiment(source, name))
 
 
 @get("/", sync_to_thread=False, include_in_schema=False)
-def dashboard_index(request: Request) -> Response:
-    experiments = source_of(request).experiments()
+def dashboard_index(source: SkipValidation[DashboardSource]) -> Response:
+    experiments = source.experiments()
     summaries = [pages.experiment_summary(e) for _, e in sorted(experiments.items())]
     return Response(pages.render_index(summaries), media_type="text/html")
 
 
 @get("/{experiment:str}", sync_to_thread=True, include_in_schema=False)
-def dashboard_experiment(request: Request, experiment: str) -> Response:
-    return Response(pages.render_report(_report(request, experiment)), media_type="text/html")
+def dashboard_experiment(experiment: str, source: SkipValidation[DashboardSource]) -> Response:
+    return Response(pages.render_report(_report(source, experiment)), media_type="text/html")
 
 
 @get("/{experiment:str}/report.json", sync_to_thread=True)
-def dashboard_report_json(request: Request, experiment: str) -> dict:
+def dashboard_report_json(experiment: str, source: SkipValidation[DashboardSource]) -> dict:
     """The experiment's full report (verdict, SRM, lifts, guardrails, offline vs online, daily series)."""
-    return _report(request, experiment)
+    return _report(source, experiment)
 
 
-router = Router(path="/dashboard", route_handlers=[dashboard_index, dashboard_experiment, dashboard_report_json])
+router = Router(path="/dashboard", route_handlers=[dashboard_index, dashboard_experiment, dashboard_report_json],
+                dependencies={"source": Provide(provide_source, sync_to_thread=False)})

@@ -86,9 +86,9 @@ class Serving:
 class Runtime:
     def __init__(self, settings: Settings, on_batch=None) -> None:
         self.settings = settings
-        self.state = ExperimentState.load(settings.state_file)
-        self.executor = ThreadPoolExecutor(max_workers=max(2, settings.batch_workers * 4),
-                                           thread_name_prefix="abgate-work")
+        # Resources (the state file, the worker pool) are taken in start(), which the app's lifespan calls.
+        self.state: ExperimentState | None = None
+        self.executor: ThreadPoolExecutor | None = None
         self._on_batch = on_batch
         self._encoders: dict[tuple, Encoder] = {}
         self._indexes: dict[str, VectorIndex] = {}
@@ -150,7 +150,25 @@ class Runtime:
         return self._batchers[ekey]
 
     async def start(self) -> Serving:
+        self.state = ExperimentState.load(self.settings.state_file)
+        self.executor = ThreadPoolExecutor(max_workers=max(2, self.settings.batch_workers * 4),
+                                           thread_name_prefix="abgate-work")
         return await self.reload(force=False)
+
+    # -- what requests read ------------------------------------------------------------------------------
+
+    def route(self, unit_id: str) -> tuple[Assignment, "ArmRuntime"]:
+        """The unit's assignment and its arm's loaded artifacts, from one consistent Serving."""
+        return self.serving.route(unit_id)
+
+    def experiments(self) -> dict[str, Experiment]:
+        """The loaded experiments by name (empty before the first load)."""
+        serving = self.serving
+        return dict(serving.experiments.experiments) if serving is not None else {}
+
+    def experiment(self, name: str) -> Experiment | None:
+        serving = self.serving
+        return serving.experiments.experiments.get(name) if serving is not None else None
 
     async def reload(self, *, force: bool = False) -> Serving:
         """Validate the folder, load new artifacts off the loop, swap, then release what is unused."""
@@ -206,7 +224,8 @@ class Runtime:
         for batcher in self._batchers.values():
             await batcher.close()
         self._batchers.clear()
-        self.executor.shutdown(wait=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
 
     def experiment_status(self, exp: Experiment, now: datetime | None = None) -> str:
         """draft | running | stopped as served now (start/end window; admin stops apply to this layer)."""

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.errors import InputError
+
 from gateway.batcher import MicroBatcher
 from gateway.prometheus import GatewayMetrics
 from gateway.query_cache import QueryCache
@@ -74,25 +76,19 @@ def test_lru_eviction_and_counts(baseline_encoder, scifact_dir):
 
 
 def test_counters_in_metrics(baseline_encoder, scifact_dir):
-    runtime = Runtime(Settings(query_cache=8, state_file=None))
-    try:
-        queries = _queries(scifact_dir, 3)
-        runtime.query_cache.encode(baseline_encoder, queries)
-        runtime.query_cache.encode(baseline_encoder, queries[:1])
-        metrics = GatewayMetrics()
-        metrics.watch(lambda: {}, runtime.queue_depth, runtime.query_cache_stats)
-        text = metrics.render().decode()
-        assert "abgate_query_cache_hits_total 1.0" in text
-        assert "abgate_query_cache_misses_total 3.0" in text
-        assert "abgate_query_cache_entries 3.0" in text
-    finally:
-        runtime.executor.shutdown()
+    runtime = Runtime(Settings(query_cache=8, state_file=None))  # no pool or state file until start()
+    queries = _queries(scifact_dir, 3)
+    runtime.query_cache.encode(baseline_encoder, queries)
+    runtime.query_cache.encode(baseline_encoder, queries[:1])
+    metrics = GatewayMetrics()
+    metrics.watch(lambda: {}, runtime.queue_depth, runtime.query_cache_stats)
+    text = metrics.render().decode()
+    assert "abgate_query_cache_hits_total 1.0" in text
+    assert "abgate_query_cache_misses_total 3.0" in text
+    assert "abgate_query_cache_entries 3.0" in text
     off = Runtime(Settings(state_file=None))
-    try:
-        metrics = GatewayMetrics()
-        metrics.watch(lambda: {}, off.queue_depth, off.query_cache_stats)
-        assert off.query_cache is None and "abgate_query_cache" not in metrics.render().decode()
-    finally:
-        off.executor.shutdown()
-    with pytest.raises(Exception, match="query_cache"):
+    metrics = GatewayMetrics()
+    metrics.watch(lambda: {}, off.queue_depth, off.query_cache_stats)
+    assert off.query_cache is None and "abgate_query_cache" not in metrics.render().decode()
+    with pytest.raises(InputError, match="query_cache"):
         Settings(query_cache=-1).validated()

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import secrets
 
-from litestar import Controller, Request, post
+from litestar import Controller, post
+from litestar.params import SkipValidation
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from experiments.loader import ExperimentsInvalid
 from gateway.routes.errors import ApiError
 from gateway.routes.experiments import describe
+from gateway.runtime import Runtime
 
 API_KEY_HEADER = "X-API-Key"
 
 
 def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    expected = connection.app.state.gateway.settings.admin_api_key
+    expected = connection.app.state.settings.admin_api_key
     if not expected:
         raise ApiError(403, "admin endpoints are disabled: start the gateway with ABGATE_ADMIN_API_KEY set")
     given = connection.headers.get(API_KEY_HEADER, "")
@@ -30,23 +32,21 @@ class AdminController(Controller):
     guards = [require_api_key]
 
     @post("/reload", status_code=200, summary="Reload the experiments folder without dropping requests")
-    async def reload(self, request: Request, force: bool = False) -> dict:
-        gw = request.app.state.gateway
+    async def reload(self, runtime: SkipValidation[Runtime], force: bool = False) -> dict:
         try:
-            serving = await gw.runtime.reload(force=force)
+            serving = await runtime.reload(force=force)
         except ExperimentsInvalid as exc:
             raise _invalid(exc) from None
         return {"reloaded": True, "experiments": sorted(serving.experiments.experiments),
-                **gw.runtime.describe_artifacts()}
+                **runtime.describe_artifacts()}
 
     @post("/experiments/{name:str}/stop", status_code=200, summary="Stop an experiment: everyone gets control")
-    async def stop(self, request: Request, name: str) -> dict:
-        gw = request.app.state.gateway
+    async def stop(self, name: str, runtime: SkipValidation[Runtime]) -> dict:
         try:
-            exp = await gw.runtime.stop_experiment(name)
+            exp = await runtime.stop_experiment(name)
         except KeyError:
             raise ApiError(404, f"no experiment named {name!r} is loaded", field="name") from None
-        return describe(gw, exp)
+        return describe(runtime, exp)
 
 
 class InvalidExperiments(ApiError):

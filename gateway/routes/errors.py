@@ -2,7 +2,8 @@
 
     validation of a body or parameter (msgspec / Litestar)  -> 422, field = the first bad field
     body over max_body_bytes                                 -> 413
-    InputError (bad input found by our code)                 -> 422 (or its own status)
+    InputError (bad input found by our code)                 -> 422, or its `http_status` (404, 410)
+    other AbgateError (store or event log unavailable, ...)  -> 503, or its `http_status`
     ApiError(status, ...)                                    -> that status
     other HTTPException (404 route, 405 method, ...)         -> its status
     anything else                                            -> 500, logged with the request id, no details
@@ -67,7 +68,7 @@ def http_handler(request: Request, exc: HTTPException) -> Response:
     status = exc.status_code
     message = str(exc.detail)
     if status == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
-        limit = request.app.state.gateway.settings.max_body_bytes
+        limit = request.app.state.settings.max_body_bytes
         message = f"the request body is larger than {limit} bytes: send a shorter query or fewer filters"
     elif status == 400:
         message = f"the request is malformed ({message}): send a JSON body that matches the OpenAPI schema"
@@ -76,7 +77,7 @@ def http_handler(request: Request, exc: HTTPException) -> Response:
 
 
 def abgate_handler(request: Request, exc: AbgateError) -> Response:
-    status = 422 if isinstance(exc, InputError) else 503
+    status = getattr(exc, "http_status", None) or (422 if isinstance(exc, InputError) else 503)
     return _body(request, status, exc.message, exc.field)
 
 

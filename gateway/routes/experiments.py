@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from litestar import Controller, Request, get
+from litestar import Controller, get
+from litestar.params import SkipValidation
 
+from experiments.schema import Experiment
 from gateway.routes.errors import ApiError
+from gateway.runtime import Runtime
+from gateway.settings import Settings
 
 
-def describe(gw, exp, full: bool = False) -> dict:
+def describe(runtime: Runtime, exp: Experiment, full: bool = False) -> dict:
     out = {"name": exp.name, "layer": exp.layer, "status": exp.status,
-           "serving_status": gw.runtime.experiment_status(exp), "unit": exp.unit, "allocation": exp.allocation,
+           "serving_status": runtime.experiment_status(exp), "unit": exp.unit, "allocation": exp.allocation,
            "control": exp.control, "layer_buckets": list(exp.layer_buckets),
            "arms": [{"name": a.name, "weight": a.weight, "top_k": a.top_k} for a in exp.arms]}
     if full:
@@ -28,18 +32,16 @@ class ExperimentsController(Controller):
     tags = ["experiments"]
 
     @get("/", summary="The experiments loaded from the folder")
-    async def list_experiments(self, request: Request) -> dict:
-        gw = request.app.state.gateway
-        serving = gw.runtime.serving
-        return {"layer": gw.settings.layer, "loaded_at": serving.loaded_at.isoformat(),
+    async def list_experiments(self, runtime: SkipValidation[Runtime], settings: SkipValidation[Settings]) -> dict:
+        serving = runtime.serving
+        return {"layer": settings.layer, "loaded_at": serving.loaded_at.isoformat(),
                 "default_arm": serving.assigner.default_arm.name,
-                "experiments": [describe(gw, e) for _, e in sorted(serving.experiments.experiments.items())]}
+                "experiments": [describe(runtime, e) for _, e in sorted(runtime.experiments().items())]}
 
     @get("/{name:str}", summary="One experiment's full definition and serving status")
-    async def get_experiment(self, request: Request, name: str) -> dict:
-        gw = request.app.state.gateway
-        exp = gw.runtime.serving.experiments.experiments.get(name)
+    async def get_experiment(self, name: str, runtime: SkipValidation[Runtime]) -> dict:
+        exp = runtime.experiment(name)
         if exp is None:
             raise ApiError(404, f"no experiment named {name!r} is loaded; GET /v1/experiments lists them",
                            field="name")
-        return describe(gw, exp, full=True)
+        return describe(runtime, exp, full=True)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Request, Response, get
+from litestar import Controller, Response, get
+from litestar.params import SkipValidation
+
+from gateway.prometheus import GatewayMetrics
+from gateway.runtime import Runtime
+from gateway.service import EventSink
 
 
 class HealthController(Controller):
@@ -13,13 +18,12 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/readyz", summary="Readiness: every arm's encoder and index is loaded")
-    async def readyz(self, request: Request) -> Response:
-        gw = request.app.state.gateway
-        if not gw.runtime.ready:
+    async def readyz(self, runtime: SkipValidation[Runtime], events: SkipValidation[EventSink]) -> Response:
+        if not runtime.ready:
             return Response({"status": "loading"}, status_code=503)
-        return Response({"status": "ready", **gw.runtime.describe_artifacts(),
-                         "events": "on" if gw.writer is not None else "off"}, status_code=200)
+        return Response({"status": "ready", **runtime.describe_artifacts(), "events": "on" if events.on else "off"},
+                        status_code=200)
 
     @get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
-    async def metrics(self, request: Request) -> Response:
-        return Response(request.app.state.gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+    async def metrics(self, metrics: SkipValidation[GatewayMetrics]) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
