@@ -28,7 +28,7 @@ from experiments.custom_metrics import definitions
 from experiments.metrics_sql import collect
 from experiments.offline_compare import offline_comparison
 from experiments.stats import MetricSpec, Settings, analyze, sequential_test, z_test, welch_t_test
-from experiments.stats.cuped import regression_adjust
+from experiments.stats.cuped import cuped_adjust
 from experiments.stats.sequential import DEFAULT_TUNING
 
 VERDICTS = ("ship", "no_ship", "inconclusive", "withheld", "no_data", "invalid")
@@ -244,7 +244,7 @@ def _cuped(experiment, data) -> dict | None:
     for arm, sums in covariate.items():
         if arm == experiment.control:
             continue
-        adj = regression_adjust(control, sums)
+        adj = cuped_adjust(control, sums)
         row = {"arm": arm, "units": {experiment.control: control.n, arm: sums.n},
                "units_with_pre_data": {experiment.control: int(control.z_sum), arm: int(sums.z_sum)},
                "covariates": list(adj.covariates), "theta": list(adj.theta),

@@ -175,11 +175,9 @@ def test_without_cuped_in_the_design_there_is_no_cuped_section(client):
     assert build_report(client, exp)["cuped"] is None
 
 
-def test_mean_metric_with_full_pre_data_equals_classic_cuped():
-    """d = 1 and every unit with pre-period data (the indicator is constant and dropped): the regression
-    adjustment is the classic CUPED of experiments/stats/cuped.py on the same sums, up to how theta is pooled
-    (classic: Cov(x, y) around the grand mean, so the treatment effect leaks in times the arms' x imbalance;
-    here: y centred within each arm). Without an effect and with balanced x the two are identical."""
+def test_a_mean_with_a_covariate_goes_through_the_one_regression_model():
+    """d = 1 and every unit with pre-period data: a CupedStatistic and the CovariateSums it stands for adjust
+    identically (the indicator is constant and dropped), because the engine has one CUPED path."""
     rng = np.random.default_rng(3)
     sums = {}
     for arm, shift in (("c", 0.0), ("t", 0.3)):
@@ -189,21 +187,11 @@ def test_mean_metric_with_full_pre_data_equals_classic_cuped():
                                    x.sum(), (x * y).sum(), x.sum(), y.sum(), 400.0),
                      CupedStatistic(400, y.sum(), (y * y).sum(), x.sum(), (x * x).sum(), (x * y).sum()))
     adj = regression_adjust(sums["c"][0], sums["t"][0])
-    classic = cuped_adjust(sums["c"][1], sums["t"][1])
-    assert adj.covariates == ("pre_value",)
-    assert adj.theta[0] == pytest.approx(classic.theta, rel=1e-3)
-    assert adj.treatment.estimate == pytest.approx(classic.treatment.estimate, rel=1e-4)
-    assert adj.control.unit_variance == pytest.approx(classic.control.unit_variance, rel=1e-4)
-    assert adj.variance_reduction == pytest.approx(classic.variance_reduction, rel=1e-4)
-    # Identical when both arms have the same x and y means (no effect, no imbalance).
-    x = rng.normal(5, 2, 400)
-    y = 0.8 * x + rng.normal(0, 1, 400)
-    flat = CovariateSums(400, y.sum(), (y * y).sum(), 400.0, 400.0, y.sum(), x.sum(), (x * x).sum(), 400.0,
-                         x.sum(), (x * y).sum(), x.sum(), y.sum(), 400.0)
-    same = CupedStatistic(400, y.sum(), (y * y).sum(), x.sum(), (x * x).sum(), (x * y).sum())
-    adj, classic = regression_adjust(flat, flat), cuped_adjust(same, same)
-    assert adj.theta[0] == pytest.approx(classic.theta, rel=1e-9)
-    assert adj.control.unit_variance == pytest.approx(classic.control.unit_variance, rel=1e-9)
+    from_mean = cuped_adjust(sums["c"][1], sums["t"][1])
+    assert adj.covariates == from_mean.covariates == ("pre_value",)
+    assert from_mean.theta == adj.theta
+    assert from_mean.treatment == adj.treatment and from_mean.control == adj.control
+    assert from_mean.variance_reduction == adj.variance_reduction > 0.5
 
 
 def test_cuped_design_is_validated():

@@ -121,7 +121,9 @@ def _compare(spec: MetricSpec, arm: str, control_name: str, control, treatment, 
             bayesian = BayesianResult(relative=relative, error=fixed.error, reason=fixed.reason)
             return Comparison(fixed=fixed, sequential=sequential, bayesian=bayesian, **base)
         adjustment = cuped_adjust(control, treatment)
-        control, treatment, theta = adjustment.control, adjustment.treatment, adjustment.theta
+        control = adjustment.control or adjustment.plain_control
+        treatment = adjustment.treatment or adjustment.plain_treatment
+        theta = adjustment.theta[0] if "pre_value" in adjustment.covariates else 0.0
     else:
         fixed = FIXED_TESTS[spec.kind](control, treatment, relative=relative, alpha=alpha)
         sequential = (sequential_test(control, treatment, relative=relative, alpha=alpha, tuning=settings.tuning)

@@ -1,16 +1,16 @@
-"""CUPED: variance reduction with a pre-experiment covariate (Deng, Xu, Kohavi & Walker 2013).
+"""CUPED: variance reduction with a pre-experiment covariate (Deng, Xu, Kohavi & Walker 2013), one model.
 
-Each unit's metric y is replaced by y - theta (x - mean(x)), where x is the same unit's pre-period value
-and theta = Cov(x, y) / Var(x) is estimated once from both arms pooled, so the adjustment is the same
-function of x in every arm. Because x was measured before assignment its mean does not depend on the arm,
-so the adjusted means stay unbiased while their variance shrinks by the factor 1 - corr(x, y)^2.
+Every CUPED estimate of the engine goes through `regression_adjust` on `CovariateSums`: a per-unit metric
+m / d (d = 1 for a mean), its pre-period value x, and an indicator z that the unit has pre-period data. A plain
+`CupedStatistic` (a mean y with a covariate x that every unit has) is the special case d = 1, z = 1, and is
+converted to these sums, so the report (ratios from the event log) and `abgate stats` (sums from any
+warehouse) adjust in exactly the same way.
 
-From sums alone, per arm:
-    adjusted mean      = mean(y) - theta (mean(x) - pooled mean(x))
-    adjusted variance  = Var(y) + theta^2 Var(x) - 2 theta Cov(x, y)      (sample, ddof=1)
-which equals, to rounding, the sample variance of the adjusted per-unit values, so Welch's test on the
-result is Welch's test on the adjusted data. theta (and the pooled mean of x) is treated as known, the
-usual large-sample simplification. A constant covariate gives theta = 0: no adjustment, not an error.
+theta is estimated once from both arms pooled (the metric centred within its arm, regressed on the covariates),
+so the adjustment is the same function of x in every arm. Because x was measured before assignment
+its mean does not depend on the arm, so the adjusted estimates stay unbiased while their variance shrinks by
+about 1 - corr(x, y)^2. theta (and the pooled mean of x) is treated as known, the usual large-sample
+simplification. A constant covariate gives no adjustment, not an error.
 """
 
 from __future__ import annotations
@@ -18,61 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from experiments.stats.frequentist import welch_t_test, z_test
-from experiments.stats.results import LiftResult, failed_lift
+from experiments.stats.results import ErrorCode, LiftResult, failed_lift
 from experiments.stats.sequential import DEFAULT_TUNING, sequential_test
 from experiments.stats.statistics import CupedStatistic, Estimate, RatioStatistic
-
-
-@dataclass(frozen=True)
-class CupedAdjustment:
-    control: Estimate
-    treatment: Estimate
-    theta: float
-    variance_reduction: float  # 1 - adjusted / unadjusted variance of the lift; 0 when nothing is gained
-
-
-def cuped_theta(control: CupedStatistic, treatment: CupedStatistic) -> float:
-    pooled = CupedStatistic(*(getattr(control, f) + getattr(treatment, f) for f in CupedStatistic.__dataclass_fields__))
-    var_x = pooled.pre.variance
-    return pooled.covariance / var_x if var_x > 0 else 0.0
-
-
-def cuped_adjust(control: CupedStatistic, treatment: CupedStatistic) -> CupedAdjustment:
-    theta = cuped_theta(control, treatment)
-    pooled_x = (control.x_sum + treatment.x_sum) / (control.n + treatment.n)
-
-    def adjusted(stat: CupedStatistic) -> Estimate:
-        mean = stat.post.mean - theta * (stat.pre.mean - pooled_x)
-        variance = stat.post.variance + theta**2 * stat.pre.variance - 2 * theta * stat.covariance
-        return Estimate(stat.n, mean, max(variance, 0.0))
-
-    c, t = adjusted(control), adjusted(treatment)
-    before = control.post.estimate_variance + treatment.post.estimate_variance
-    after = c.estimate_variance + t.estimate_variance
-    reduction = 1.0 - after / before if before > 0 else 0.0
-    return CupedAdjustment(control=c, treatment=t, theta=theta, variance_reduction=reduction)
-
-
-TESTS = {"welch_t": welch_t_test, "z": z_test}
-
-
-def cuped_test(control: CupedStatistic, treatment: CupedStatistic, *, relative: bool = False,
-               alpha: float = 0.05, test: str = "welch_t", tuning: float = DEFAULT_TUNING) -> LiftResult:
-    """Run `test` ("welch_t", "z" or "sequential") on the CUPED-adjusted means; method gets a "cuped_" prefix."""
-    method = f"cuped_{test}"
-    if test not in (*TESTS, "sequential"):
-        raise ValueError(f"unknown test {test!r}; use welch_t, z or sequential")
-    for role, stat in (("control", control), ("treatment", treatment)):
-        problem = stat.problem()
-        if problem:
-            return failed_lift(method, relative, alpha, problem[0], f"The {role} arm: {problem[1]}")
-    adjustment = cuped_adjust(control, treatment)
-    if test == "sequential":
-        result = sequential_test(adjustment.control, adjustment.treatment, relative=relative, alpha=alpha, tuning=tuning)
-    else:
-        result = TESTS[test](adjustment.control, adjustment.treatment, relative=relative, alpha=alpha)
-    return replace(result, method=method)
-
 
 # -- Regression adjustment from the event log (ratio or mean metrics, a covariate with missing values) ----------
 #
@@ -114,6 +62,9 @@ class CovariateSums:
     def metric(self) -> RatioStatistic:
         """The plain (unadjusted) metric: the first six sums are a RatioStatistic's."""
         return RatioStatistic(self.n, self.m_sum, self.m_sum_squares, self.d_sum, self.d_sum_squares, self.md_sum)
+
+    def problem(self):
+        return self.metric.problem()
 
 
 @dataclass(frozen=True)
@@ -189,3 +140,45 @@ def regression_adjust(control: CovariateSums, treatment: CovariateSums) -> Regre
     names = ("pre_value", "has_pre_data")
     return RegressionAdjustment(adjusted[0], adjusted[1], *plain, tuple(theta[i] for i in use),
                                 tuple(names[i] for i in use), 1.0 - after / before if before > 0 else None)
+
+
+def as_covariate_sums(stat: CupedStatistic | CovariateSums) -> CovariateSums:
+    """A mean metric y with a covariate x that every unit has: d = 1 and z = 1 for every unit."""
+    if isinstance(stat, CovariateSums):
+        return stat
+    n = stat.n
+    return CovariateSums(n, stat.y_sum, stat.y_sum_squares, n, n, stat.y_sum, stat.x_sum, stat.x_sum_squares,
+                         n, stat.x_sum, stat.xy_sum, stat.x_sum, stat.y_sum, n)
+
+
+def cuped_adjust(control: CupedStatistic | CovariateSums,
+                 treatment: CupedStatistic | CovariateSums) -> RegressionAdjustment:
+    """The CUPED-adjusted estimates of both arms (and the plain ones), from the one regression model."""
+    return regression_adjust(as_covariate_sums(control), as_covariate_sums(treatment))
+
+
+TESTS = {"welch_t": welch_t_test, "z": z_test}
+
+
+def cuped_test(control: CupedStatistic | CovariateSums, treatment: CupedStatistic | CovariateSums, *,
+               relative: bool = False, alpha: float = 0.05, test: str = "welch_t",
+               tuning: float = DEFAULT_TUNING) -> LiftResult:
+    """Run `test` ("welch_t", "z" or "sequential") on the CUPED-adjusted estimates; method gets a "cuped_"
+    prefix. When there is nothing to adjust with (a constant covariate), the plain estimates are tested."""
+    method = f"cuped_{test}"
+    if test not in (*TESTS, "sequential"):
+        raise ValueError(f"unknown test {test!r}; use welch_t, z or sequential")
+    for role, stat in (("control", control), ("treatment", treatment)):
+        problem = stat.problem()
+        if problem:
+            return failed_lift(method, relative, alpha, problem[0], f"The {role} arm: {problem[1]}")
+    adjustment = cuped_adjust(control, treatment)
+    c = adjustment.control or adjustment.plain_control
+    t = adjustment.treatment or adjustment.plain_treatment
+    if c is None or t is None:
+        return failed_lift(method, relative, alpha, ErrorCode.TOO_FEW_UNITS, adjustment.reason or "nothing to test")
+    if test == "sequential":
+        result = sequential_test(c, t, relative=relative, alpha=alpha, tuning=tuning)
+    else:
+        result = TESTS[test](c, t, relative=relative, alpha=alpha)
+    return replace(result, method=method)
