@@ -21,7 +21,7 @@ test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 demo: venv
-	$(BIN)/python -m gateway.simulation.demo --data $(DATA) $(DEMO_ARGS)
+	$(BIN)/abgate demo --data $(DATA) $(DEMO_ARGS)
 
 bench: venv
 	$(BIN)/python bench/run_all.py --data $(DATA) $(BENCH_ARGS)

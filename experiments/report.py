@@ -27,7 +27,7 @@ from experiments import metrics as m
 from experiments.custom_metrics import definitions
 from experiments.metrics_sql import collect
 from experiments.offline_compare import offline_comparison
-from experiments.stats import MetricSpec, Settings, analyze, sequential_test, z_test, welch_t_test
+from experiments.stats import MetricSpec, AnalysisSettings, analyze, sequential_test, z_test, welch_t_test
 from experiments.stats.cuped import cuped_adjust
 from experiments.stats.sequential import DEFAULT_TUNING
 
@@ -38,12 +38,12 @@ def _iso(value) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def _settings(experiment, correction: str = "holm", sequential: bool | None = None) -> Settings:
+def _settings(experiment, correction: str = "holm", sequential: bool | None = None) -> AnalysisSettings:
     design = experiment.design
     # The confidence sequence is tightest at `tuning` total units: the planned size when the design gives it,
     # never the observed size (tuning on the data would break the always-valid guarantee).
     tuning = design.sample_size * len(experiment.arms) if design.sample_size else DEFAULT_TUNING
-    return Settings(alpha=design.alpha, sequential=design.sequential if sequential is None else sequential,
+    return AnalysisSettings(alpha=design.alpha, sequential=design.sequential if sequential is None else sequential,
                     tuning=tuning, correction=correction, power=design.power)
 
 

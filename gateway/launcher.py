@@ -35,6 +35,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def stop_group(process: subprocess.Popen, grace_s: float) -> int:
+    """SIGINT, then SIGTERM, then SIGKILL to the process group of `process` (started with
+    start_new_session=True), each after `grace_s` seconds; its exit code."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+    return process.wait()
+
+
 class GatewayProcess:
     def __init__(self, args: Sequence[str] = (), *, env: dict | None = None, port: int | None = None,
                  host: str = "127.0.0.1", log_path: Path | None = None, cwd: Path | None = None,
@@ -97,18 +114,7 @@ class GatewayProcess:
         """SIGINT, then SIGTERM, then SIGKILL to the child's group, each after `grace_s`; its exit code."""
         if self.process is None:
             return None
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if self.process.poll() is not None:
-                break
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                continue
-        return self.process.wait()
+        return stop_group(self.process, grace_s)
 
     def __enter__(self) -> "GatewayProcess":
         return self.start() if self.process is None else self

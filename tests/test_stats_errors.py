@@ -6,7 +6,7 @@ import math
 import pytest
 
 from experiments.stats import (
-    CupedStatistic, ErrorCode, MetricSpec, Proportion, RatioStatistic, SampleMean, Settings, analyze,
+    CupedStatistic, ErrorCode, MetricSpec, Proportion, RatioStatistic, SampleMean, AnalysisSettings, analyze,
     probability_to_beat_control, proportion_z_test, sequential_test, srm_check, welch_t_test, z_test,
 )
 from experiments.stats.cuped import cuped_test
@@ -88,7 +88,7 @@ def test_analyze_reports_missing_arm_and_keeps_other_results():
     specs = {"ctr": MetricSpec("ctr", "ratio"), "dwell": MetricSpec("dwell", "mean"),
              "clicks": MetricSpec("clicks", "mean")}
     analysis = analyze("c", metrics, specs, units={"c": 2000, "t": 2040}, weights={"c": 1, "t": 1},
-                       settings=Settings(sequential=True, correction="bh"))
+                       settings=AnalysisSettings(sequential=True, correction="bh"))
     by_metric = {c.metric: c for c in analysis.comparisons}
     assert by_metric["ctr"].decision.ok and by_metric["ctr"].adjusted_p_value is not None
     for name in ("dwell", "clicks"):
@@ -106,4 +106,4 @@ def test_programmer_errors_raise():
     with pytest.raises(ValueError):
         MetricSpec("x", "median")
     with pytest.raises(ValueError):
-        Settings(correction="bonferroni")
+        AnalysisSettings(correction="bonferroni")

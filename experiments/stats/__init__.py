@@ -16,7 +16,7 @@ Whole experiment in one call (analysis.py) -- what the report and `abgate stats`
                        metrics={"ctr": {"baseline": RatioStatistic(...), "finetuned": RatioStatistic(...)}},
                        specs={"ctr": MetricSpec("ctr", "ratio", relative=True)},
                        units={"baseline": 10_120, "finetuned": 9_880}, weights={"baseline": 50, "finetuned": 50},
-                       settings=Settings(alpha=0.05, sequential=True, tuning=20_000, correction="holm"))
+                       settings=AnalysisSettings(alpha=0.05, sequential=True, tuning=20_000, correction="holm"))
     analysis.srm.alert                 # True: withhold the verdict (p < 0.001)
     for c in analysis.comparisons:     # one per metric x non-control arm
         c.decision                     # LiftResult: sequential when settings.sequential else fixed-horizon
@@ -39,7 +39,7 @@ interval is valid at once (see sequential.py for the method, formula and referen
 input format of `abgate stats`: docs/statistics.md.
 """
 
-from experiments.stats.analysis import Comparison, ExperimentAnalysis, MetricSpec, Settings, analyze
+from experiments.stats.analysis import Comparison, ExperimentAnalysis, MetricSpec, AnalysisSettings, analyze
 from experiments.stats.bayesian import probability_to_beat_control
 from experiments.stats.correction import benjamini_hochberg, holm
 from experiments.stats.cuped import cuped_adjust, cuped_test
@@ -52,7 +52,7 @@ from experiments.stats.statistics import CupedStatistic, Estimate, Proportion, R
 
 __all__ = [
     "BayesianResult", "Comparison", "CupedStatistic", "ErrorCode", "Estimate", "ExperimentAnalysis", "LiftResult",
-    "MetricSpec", "Proportion", "RatioStatistic", "SampleMean", "Settings", "SrmResult", "analyze",
+    "MetricSpec", "Proportion", "RatioStatistic", "SampleMean", "AnalysisSettings", "SrmResult", "analyze",
     "benjamini_hochberg", "cuped_adjust", "cuped_test", "holm", "mde_mean", "mde_proportion", "power",
     "probability_to_beat_control", "proportion_z_test", "sample_size_mean", "sample_size_proportion",
     "sequential_test", "srm_check", "welch_t_test", "z_test",

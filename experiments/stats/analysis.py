@@ -40,7 +40,7 @@ class MetricSpec:
 
 
 @dataclass(frozen=True)
-class Settings:
+class AnalysisSettings:
     alpha: float = 0.05
     sequential: bool = False
     tuning: float = DEFAULT_TUNING          # sequential: total units at which the interval is tightest
@@ -94,7 +94,7 @@ class Comparison:
 class ExperimentAnalysis:
     control: str
     arms: list[str]
-    settings: Settings
+    settings: AnalysisSettings
     comparisons: list[Comparison] = field(default_factory=list)
     srm: SrmResult | None = None
 
@@ -103,7 +103,7 @@ class ExperimentAnalysis:
                 "srm": self.srm and self.srm.to_dict(), "comparisons": [c.to_dict() for c in self.comparisons]}
 
 
-def _compare(spec: MetricSpec, arm: str, control_name: str, control, treatment, settings: Settings) -> Comparison:
+def _compare(spec: MetricSpec, arm: str, control_name: str, control, treatment, settings: AnalysisSettings) -> Comparison:
     base = dict(metric=spec.name, kind=spec.kind, arm=arm, control=control_name,
                 higher_is_better=spec.higher_is_better)
     relative, alpha = spec.relative, settings.alpha
@@ -137,7 +137,7 @@ def _compare(spec: MetricSpec, arm: str, control_name: str, control, treatment, 
 
 def analyze(control: str, metrics: Mapping[str, Mapping[str, object]], specs: Mapping[str, MetricSpec], *,
             units: Mapping[str, int] | None = None, weights: Mapping[str, float] | None = None,
-            settings: Settings = Settings()) -> ExperimentAnalysis:
+            settings: AnalysisSettings = AnalysisSettings()) -> ExperimentAnalysis:
     """metrics: {metric: {arm: statistic}}; specs: {metric: MetricSpec}; units/weights feed the SRM check."""
     arms: list[str] = []
     for source in (weights or {}, units or {}, *metrics.values()):

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from experiments.stats import correction
-from experiments.stats.analysis import KINDS, MetricSpec, Settings
+from experiments.stats.analysis import KINDS, MetricSpec, AnalysisSettings
 
 FIELDS = {
     "mean": ("n", "sum", "sum_squares"),
@@ -38,7 +38,7 @@ class SumsDocument:
     control: str
     metrics: dict[str, dict[str, object]]
     specs: dict[str, MetricSpec]
-    settings: Settings
+    settings: AnalysisSettings
     units: dict[str, int] | None = None
     weights: dict[str, float] | None = None
 
@@ -76,7 +76,7 @@ def _statistic(kind: str, value, path: str):
     return KINDS[kind](*values)
 
 
-def _settings(value, path: str) -> Settings:
+def _settings(value, path: str) -> AnalysisSettings:
     obj = _object(value, path)
     _unknown(obj, set(SETTINGS), path)
     out = {}
@@ -95,7 +95,7 @@ def _settings(value, path: str) -> Settings:
             if key != "tuning" and not item < 1:
                 raise SumsFormatError(f"{path}.{key}", f"expected a number between 0 and 1, found {item!r}.")
         out[key] = item
-    return Settings(**out)
+    return AnalysisSettings(**out)
 
 
 def _per_arm(value, path: str, *, whole: bool) -> dict:

@@ -1,5 +1,8 @@
 """EventWriter: hands impressions and feedback to ClickHouse in batches without slowing a request or losing one.
 
+Longer than 350 lines because the exactly-once protocol (spool append, queue, drain, commit, catch-up replay,
+reconnect) is one state machine under one lock; split across files its invariants would be harder to check.
+
     submit(event) ──► events.encode ──► spool.append (one write() to the page cache: survives kill -9)
                                     └─► bounded in-memory queue ──► drain thread ──► INSERT … FORMAT MsgPack
                                                                                  ──► spool.commit(position)

@@ -10,7 +10,7 @@ consistent with its input (an encoder exported from these very model files, an i
 encoder), so a second run skips finished steps and a changed model rebuilds what depends on it. Ctrl-C stops the running step and the gateway cleanly (SIGINT, then
 SIGTERM/SIGKILL after a grace period) and exits 130. The orchestration of the traffic is in gateway/simulation/demo_traffic.py.
 
-    python -m gateway.simulation.demo --data DIR [--stages N ...] [--keep-serving] [--json]
+    abgate demo --data DIR [--stages N ...] [--keep-serving] [--json]      (what `make demo` runs)
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -78,12 +77,6 @@ def build_arms(ctx: Context, finetune_args: list[str]) -> None:
                  lambda arm=arm: index_ready(idx / arm, enc / arm))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from gateway.cli import main as cli_main
-
-    return cli_main(["demo", *(argv if argv is not None else sys.argv[1:])])
-
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -119,6 +112,3 @@ def run(args: argparse.Namespace) -> int:
     print_outcome(outcome, as_json=args.json)
     return 0 if outcome["ok"] else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -271,6 +271,6 @@ def print_outcome(result: dict, as_json: bool) -> None:
     print(f"A/A verdict: {result['aa']['headline']} -> "
           f"{'a false positive!' if result['aa_declared_winner'] else 'no winner, as it should be'}")
     print(f"Dashboard: {result['dashboard']['ab']} (live while the gateway runs: "
-          f"`python -m gateway.simulation.demo --keep-serving`); as a file: {result['static_dashboard']['ab']} "
+          f"`abgate demo --keep-serving`); as a file: {result['static_dashboard']['ab']} "
           f"(A/A: {result['static_dashboard']['aa']})")
     print(f"Timings (s): {result['timings']}")

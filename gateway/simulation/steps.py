@@ -8,8 +8,6 @@ its own process group, so Ctrl-C reaches the demo only, which then stops the chi
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from experiments.errors import AbgateError
+from gateway.launcher import stop_group
 
 
 @dataclass
@@ -48,17 +47,7 @@ class Child:
         self.proc = subprocess.Popen(command, cwd=ctx.work, env=env, start_new_session=True, **kwargs)
 
     def stop(self, grace_s: float = 10.0) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if self.proc.poll() is not None:
-                return
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, grace_s)
 
     def communicate(self) -> str | None:
         try:
