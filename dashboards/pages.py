@@ -19,7 +19,7 @@ h1{font-size:26px;margin:8px 0 2px}h2{font-size:18px;margin:28px 0 10px}
 box-shadow:0 1px 3px rgba(0,0,0,.08);margin-bottom:14px}
 .verdict{border-left:8px solid #888}.verdict h2{margin:0 0 6px;font-size:22px}
 .v-ship{border-color:#1a9850}.v-no_ship{border-color:#d73027}.v-inconclusive{border-color:#e6a700}
-.v-withheld,.v-invalid{border-color:#7b3294}.v-no_data{border-color:#888}
+.v-withheld,.v-invalid{border-color:#7b3294}.v-no_data,.v-insufficient_data{border-color:#888}
 .badge{display:inline-block;padding:2px 9px;border-radius:10px;font-size:12px;font-weight:600;color:#fff;
 background:#888;vertical-align:middle}.b-ok,.b-pass,.b-better,.b-ship{background:#1a9850}
 .b-alert,.b-fail,.b-worse,.b-no_ship{background:#d73027}.b-inconclusive,.b-flat{background:#c49000}
@@ -148,12 +148,21 @@ def _guardrails(report: dict) -> str:
         points = report["metrics"].get(g["metric"], {}).get("unit") == "%"  # an absolute change of a rate
         f = fmt_lift if rel else (lambda v: "–" if v is None else f"{v * 100:+.2f} pp") if points else (
             lambda v: fmt_lift(v, ""))
+        needs = (f"about {g['units_needed']:,} units in total to clear" if g.get("units_needed") else "")
+        note = "; ".join(x for x in (g.get("reason"), needs) if x)
+        interval = (f"[{f(g['harm_low'])}, {f(g['harm_upper'])}]" if g.get("harm_low") is not None
+                    else "–")
         rows.append(f"<tr><td>{escape(g['metric'])}</td><td class='l'>{escape(g['arm'])}</td>"
                     f"<td>{'+' if rel else ''}{f(g['limit']).lstrip('+')}</td><td>{f(g['harm'])}</td>"
-                    f"<td>{f(g['harm_upper'])}</td><td class='l'>{badge(g['status'])}</td>"
-                    f"<td class='l muted note'>{escape(g.get('reason') or '')}</td></tr>")
-    return ("<h2>Guardrails</h2><div class='card'><table id='guardrails'><tr><th>Metric</th><th class='l'>Arm"
-            "</th><th>Max harm</th><th>Harm</th><th>Upper bound</th><th class='l'>Status</th><th class='l'>"
+                    f"<td>{interval}</td><td class='l'>{badge(g['status'])}</td>"
+                    f"<td class='l muted note'>{escape(note)}</td></tr>")
+    policy = report.get("guardrails_policy", "block")
+    caption = ("Each guardrail is a non-inferiority test: it passes when the harm's upper bound is under the "
+               "margin. " + ("Ship waits until every guardrail passes." if policy == "block" else
+                             "Policy warn: guardrails are reported, never blocking."))
+    return ("<h2>Guardrails</h2><div class='card'><p class='muted note'>" + escape(caption) + "</p>"
+            "<table id='guardrails'><tr><th>Metric</th><th class='l'>Arm"
+            "</th><th>Margin</th><th>Harm</th><th>Interval</th><th class='l'>Status</th><th class='l'>"
             "</th></tr>" + "".join(rows) + "</table></div>")
 
 
@@ -170,6 +179,15 @@ def _offline(report: dict) -> str:
         rows.append(f"<tr><td>Δ {escape(c['arm'])}</td>{deltas}<td>{fmt_lift(c['online_lift'])}</td>"
                     f"<td class='l'>{badge(c['online_direction'])} {flag}</td>"
                     f"<td class='l muted note'>{escape(c.get('note') or '')}</td></tr>")
+        test, online = c.get("offline_test"), c.get("online_interval")
+        if test or online:
+            offline_ci = (f"{escape(test['metric'])} {fmt_lift(test['delta'], '')} "
+                          f"[{fmt_lift(test['ci_low'], '')}, {fmt_lift(test['ci_high'], '')}] "
+                          f"({test['method']}, {test['queries']} queries)" if test else "offline: no per-query values")
+            online_ci = (f"online {fmt_lift(c['online_lift'])} [{fmt_lift(online[0])}, {fmt_lift(online[1])}]"
+                         if online and online[0] is not None else "online: no interval yet")
+            rows.append(f"<tr class='intervals'><td></td><td class='l muted note' colspan='{len(names) + 3}'>"
+                        f"{offline_ci} · {online_ci}</td></tr>")
     head = "".join(f"<th>{escape(n)}</th>" for n in names)
     return ("<h2>Offline vs online</h2><div class='card'><table id='offline'><tr><th>Arm</th>" + head +
             f"<th>Online {escape(report['experiment']['primary'])}</th><th class='l'>Online</th><th class='l'>"

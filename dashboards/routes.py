@@ -15,27 +15,48 @@ engine per folder and the store's LockedClient serializes the queries. Reports r
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from litestar import Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.params import SkipValidation
 from litestar.exceptions import NotFoundException
+from litestar.params import SkipValidation
 
 from dashboards import pages
+from dashboards.designs import render_page
 from experiments.report import build_report
 
 
 @dataclass
 class DashboardSource:
-    """Experiments by name (a callable, so a reload is seen at once) and a store client, opened lazily."""
+    """Experiments by name (a callable, so a reload is seen at once), a store client opened lazily, and the
+    reports built from them: single-flight (concurrent requests for one experiment wait for one build) and
+    cached for `ttl_s`, so N curious browsers cost one report, not N (a build is seconds of both cores)."""
 
     experiments: Callable[[], dict]
     connect: Callable[[], object]
+    ttl_s: float = 0.0
+    clock: Callable[[], float] = time.monotonic
+    builds: int = 0
     _client: object | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _cache: dict = field(default_factory=dict)           # name -> (built at, experiment, report)
+    _flights: dict = field(default_factory=dict)         # name -> the lock its build holds
+
+    def report(self, name: str, experiment) -> dict:
+        with self._lock:
+            flight = self._flights.setdefault(name, threading.Lock())
+        with flight:  # one build per experiment at a time; the others wait for it, then read the cache
+            cached = self._cache.get(name)
+            if cached and cached[1] is experiment and self.clock() - cached[0] < self.ttl_s:
+                return cached[2]
+            report = build_report(self.client(), experiment)
+            self.builds += 1
+            self._cache[name] = (self.clock(), experiment, report)
+            return report
 
     def client(self):
         with self._lock:
@@ -70,7 +91,7 @@ def _experiment(source: DashboardSource, name: str):
 
 
 def _report(source: DashboardSource, name: str) -> dict:
-    return build_report(source.client(), _experiment(source, name))
+    return source.report(name, _experiment(source, name))
 
 
 @get("/", sync_to_thread=False, include_in_schema=False)
@@ -82,7 +103,7 @@ def dashboard_index(source: SkipValidation[DashboardSource]) -> Response:
 
 @get("/{experiment:str}", sync_to_thread=True, include_in_schema=False)
 def dashboard_experiment(experiment: str, source: SkipValidation[DashboardSource]) -> Response:
-    return Response(pages.render_report(_report(source, experiment)), media_type="text/html")
+    return Response(render_page(_report(source, experiment)), media_type="text/html")
 
 
 @get("/{experiment:str}/report.json", sync_to_thread=True)

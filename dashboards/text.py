@@ -38,8 +38,10 @@ def render_text(report: dict) -> str:
         lines += ["", "Guardrails:"]
         for g in report["guardrails"]:
             f = fmt_lift if g["scale"] == "relative" else (lambda v: fmt_lift(v, ""))
-            lines.append(f"  {g['metric']} ({g['arm']}): {g['status']}, harm {f(g['harm'])} "
-                         f"(limit {f(g['limit'])})" + (f" - {g['reason']}" if g.get("reason") else ""))
+            interval = f" [{f(g['harm_low'])}, {f(g['harm_upper'])}]" if g.get("harm_low") is not None else ""
+            needs = f"; about {g['units_needed']:,} units in total to clear" if g.get("units_needed") else ""
+            lines.append(f"  {g['metric']} ({g['arm']}): {g['status']}, harm {f(g['harm'])}{interval} "
+                         f"(margin {f(g['limit'])})" + (f" - {g['reason']}" if g.get("reason") else "") + needs)
     off = report["offline"]
     lines += ["", "Offline vs online:"]
     for arm, values in off["arms"].items():
@@ -48,7 +50,11 @@ def render_text(report: dict) -> str:
     for c in off["comparisons"]:
         deltas = "  ".join(f"{k} {v:+.4f}" for k, v in c["offline_deltas"].items()) or "offline deltas n/a"
         flag = "  DISAGREEMENT" if c["disagreement"] else ""
-        lines.append(f"  {c['arm']} vs control: {deltas}; online {fmt_lift(c['online_lift'])} "
+        test, online = c.get("offline_test"), c.get("online_interval")
+        offline_ci = (f" (paired {test['metric']} {test['delta']:+.4f} [{test['ci_low']:+.4f}, {test['ci_high']:+.4f}])"
+                      if test else "")
+        online_ci = (f" [{fmt_lift(online[0])}, {fmt_lift(online[1])}]" if online and online[0] is not None else "")
+        lines.append(f"  {c['arm']} vs control: {deltas}{offline_ci}; online {fmt_lift(c['online_lift'])}{online_ci} "
                      f"({c['online_direction']}){flag}" + (f" - {c['note']}" if c.get("note") else ""))
     for w in report["warnings"] + [f"unknown metric {n!r}" for n in report["unknown_metrics"]]:
         lines.append(f"warning: {w}")

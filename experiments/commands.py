@@ -1,6 +1,8 @@
 """The experiments package's subcommands of `abgate`:
 
     abgate experiments validate DIR [--state FILE] [--json]   every problem with file, line and field
+    abgate experiments plan FILE_OR_NAME [--experiments DIR] (--baseline-rate P | --sd S --mean M) [--json]
+                                                               units the design's alpha, power and mde need
     abgate stats --input sums.json [--json]                    the statistics engine on per-arm sums
 """
 
@@ -8,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from pathlib import Path
 
 from experiments.errors import InputError
-from experiments.loader import ExperimentsInvalid, load_folder
+from experiments.loader import SUFFIXES, ExperimentsInvalid, load_file, load_folder
 from experiments.state import ExperimentState
 
 
@@ -31,6 +36,7 @@ def register_validate(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--force", action="store_true", help="allow unsafe changes to running experiments")
     validate.add_argument("--json", action="store_true", help="print the result as JSON")
     validate.set_defaults(func=run_validate)
+    register_plan(sub)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -56,6 +62,140 @@ def run_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def register_plan(sub) -> None:
+    plan = sub.add_parser(
+        "plan", help="units needed for an experiment's alpha, power and mde (fixed horizon and sequential)",
+        description="Units per arm and in total that the design's alpha, power and relative mde need on the "
+                    "primary metric: for one look at the end (fixed horizon) and for the always-valid sequential "
+                    "test (docs/statistics.md, Planning). Give the primary metric's control baseline: "
+                    "--baseline-rate for a share of units (0/1 per unit), or --sd and --mean of the per-unit "
+                    "value (for a ratio metric such as ctr, of its per-unit linearisation).")
+    plan.add_argument("experiment", metavar="EXPERIMENT_FILE_OR_NAME",
+                      help="an experiment YAML file, or the name of one in --experiments")
+    plan.add_argument("--experiments", default=None, metavar="DIR",
+                      help="folder to find the experiment by name (default: $ABGATE_EXPERIMENTS_DIR or "
+                           "experiments/examples)")
+    plan.add_argument("--baseline-rate", type=float, default=None, metavar="P",
+                      help="the primary metric's rate in control, strictly between 0 and 1")
+    plan.add_argument("--sd", type=float, default=None, metavar="S", help="per-unit SD of the primary metric")
+    plan.add_argument("--mean", type=float, default=None, metavar="M", help="its mean in control (non-zero)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(func=run_plan)
+
+
+def find_experiment(target: str, folder: str | None):
+    """The experiment in file `target`, or named `target` in the folder (other files there may be broken)."""
+    path = Path(target)
+    if path.suffix in SUFFIXES and path.is_file():
+        experiment, errors = load_file(path)
+        if errors:
+            raise ExperimentsInvalid(errors)
+        return experiment
+    folder = folder or os.environ.get("ABGATE_EXPERIMENTS_DIR") or "experiments/examples"
+    if not Path(folder).is_dir():
+        raise InputError("is neither an experiment file nor the name of one in a folder: pass a .yaml file, or "
+                         "the folder with --experiments DIR", file=folder, field="--experiments")
+    names, broken = [], []
+    for file in sorted(p for p in Path(folder).iterdir() if p.suffix in SUFFIXES and p.is_file()):
+        experiment, errors = load_file(file)
+        if experiment is not None and experiment.name == target:
+            return experiment
+        if experiment is not None:
+            names.append(experiment.name)
+        elif file.stem == target:
+            raise ExperimentsInvalid(errors)
+        else:
+            broken.append(file.name)
+    hint = f"; {len(broken)} file(s) did not validate (abgate experiments validate {folder})" if broken else ""
+    raise InputError(f"no experiment named {target!r} here (known: {', '.join(names) or 'none'}){hint}",
+                     file=folder, field="experiment")
+
+
+def _baseline(args: argparse.Namespace) -> tuple[float, float | None]:
+    def finite(flag: str, value: float) -> float:
+        if not math.isfinite(value):
+            raise InputError(f"is {value}: give a finite number", field=flag)
+        return value
+
+    if args.baseline_rate is not None:
+        if args.sd is not None or args.mean is not None:
+            raise InputError("give either --baseline-rate (a rate) or --sd with --mean (a mean), not both",
+                             field="--baseline-rate")
+        rate = finite("--baseline-rate", args.baseline_rate)
+        if not 0 < rate < 1:
+            raise InputError(f"is {rate:g}: a rate is strictly between 0 and 1 (0.12 for 12 %)",
+                             field="--baseline-rate")
+        return rate, None
+    if args.sd is None or args.mean is None:
+        raise InputError("needs the primary metric's baseline: pass --baseline-rate P (a rate, e.g. 0.12) or "
+                         "--sd S --mean M (a per-unit mean, e.g. from last month's report)",
+                         field="--baseline-rate" if args.sd is None and args.mean is None else
+                         ("--mean" if args.mean is None else "--sd"))
+    sd, mean = finite("--sd", args.sd), finite("--mean", args.mean)
+    if sd <= 0:
+        raise InputError(f"is {sd:g}: the per-unit SD must be positive", field="--sd")
+    if mean == 0:
+        raise InputError("is 0: the mde is relative to the mean, so it must be non-zero", field="--mean")
+    return mean, sd
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from experiments.metrics import BUILTIN_METRICS  # plan and metrics import scipy: paid by this command only
+    from experiments.plan import plan
+
+    experiment = find_experiment(args.experiment, args.experiments)
+    primary = experiment.metrics.primary
+    metric = BUILTIN_METRICS.get(primary)
+    if metric is not None and metric.kind == "quantile":
+        raise InputError(f"{primary} is a per-arm quantile without a per-unit variance: plan on a rate or mean",
+                         file=experiment.source, field="metrics.primary")
+    mean, sd = _baseline(args)
+    try:
+        result = plan(experiment.design, mean, sd, [a.weight for a in _control_first(experiment)])
+    except ValueError as exc:
+        raise InputError(f"{exc}", file=experiment.source, field="design") from None
+    result = {"experiment": experiment.name, "primary_metric": primary,
+              "arms_order": [a.name for a in _control_first(experiment)],
+              "design_sequential": experiment.design.sequential, **result}
+    print(json.dumps(result, indent=2) if args.json else render_plan(result))
+    return 0
+
+
+def _control_first(experiment) -> list:
+    return [experiment.control_arm] + [a for a in experiment.arms if a.name != experiment.control]
+
+
+def render_plan(p: dict) -> str:
+    base = p["baseline"]
+    what = (f"rate {base['mean']:g}" if base["scale"] == "rate" else f"mean {base['mean']:g} (SD {base['sd']:g})")
+    lines = [f"{p['experiment']}: primary metric {p['primary_metric']}, baseline {what}, alpha {p['alpha']:g}, "
+             f"power {p['power']:g}"]
+    if "detectable_mde" in p:
+        d = p["detectable_mde"]
+        seq = "not reachable" if d["sequential"] is None else f"{d['sequential']:+.2%}"
+        lines.append(f"design.sample_size {p['sample_size_per_arm']:,} per arm (no mde): detectable relative "
+                     f"change {d['fixed_horizon']:+.2%} fixed horizon, {seq} sequential")
+        return "\n".join(lines)
+    lines.append(f"MDE: {p['mde']['relative']:+.2%} relative on {p['primary_metric']} "
+                 f"({p['mde']['absolute']:+.4g} absolute)")
+    arms = " / ".join(p["arms_order"])
+    used = "sequential" if p["design_sequential"] else "fixed_horizon"
+    rows = [("test", f"units per arm ({arms})", "total"), ("", "", "")]
+    labels = {"fixed_horizon": "fixed horizon (one look at the end)",
+              "sequential": f"sequential (tuning {p['sequential_tuning']:,.0f} total)",
+              "sequential_self_tuned": f"sequential, with design.sample_size: {p['sequential_self_tuned']['per_arm'][0]}"}
+    rows = rows[:1]
+    for key, label in labels.items():
+        mark = "  <- this design" if key == used else ""
+        rows.append((label, " / ".join(f"{n:,}" for n in p[key]["per_arm"]), f"{p[key]['total']:,}{mark}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines += [f"{r[0].ljust(widths[0])}  {r[1].rjust(widths[1]) if i else r[1].ljust(widths[1])}  {r[2]}"
+              for i, r in enumerate(rows)]
+    lines.append(f"The sequential test needs {p['sequential']['vs_fixed']:.2f}x the fixed-horizon units; counts are "
+                 "enrolled units (divide by allocation for traffic).")
+    return "\n".join(lines)
+
+
 def register_stats(subparsers) -> None:
     parser = subparsers.add_parser(
         "stats", help="analyse a JSON of per-arm sufficient statistics (format: docs/statistics.md)",
@@ -75,10 +215,19 @@ def load_sums(path: str):
         text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
     except OSError as exc:
         raise InputError(f"cannot read the sums file ({exc.strerror}); pass an existing JSON file.", file=name) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"is not UTF-8 text (byte offset {exc.start}); save the sums as UTF-8 JSON.",
+                         file=name) from None
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc.msg} (column {exc.colno}).", file=name, line=exc.lineno) from None
+    except ValueError as exc:  # an integer of more than 4,300 digits
+        raise InputError(f"not usable JSON: {' '.join(str(exc).split()[:8])}...; write plain numbers.",
+                         file=name) from None
+    except RecursionError:
+        raise InputError("nests too deep to be a sums file; see docs/statistics.md for the format.",
+                         file=name) from None
     try:
         return parse_sums(document)
     except SumsFormatError as exc:

@@ -9,10 +9,11 @@ A custom metric is a numerator over a denominator, each a count or sum of filter
         denominator: {event: impression}          # leave out (or `units`) for a per-unit mean
         higher_is_better: true
       - name: conversion_value
-        numerator: {event: conversion, aggregate: sum}   # sum of the event's value
+        numerator: {event: conversion, aggregate: sum, cap: 500}   # sum of the event's value, each capped
 
 event: impression | click | dwell | conversion. aggregate: count (default) | sum (of `value` for feedback,
-of `latency_ms` for impressions). Filters are ANDed; fields are whitelisted per event and values are sent as
+of `latency_ms` for impressions). `cap: NUMBER` (aggregate sum only, positive): each event's value above it
+counts as the cap, so one 1e9 conversion (a bot, a currency bug) cannot decide a per-unit mean. Filters are ANDed; fields are whitelisted per event and values are sent as
 query parameters, so YAML can never inject SQL:
 
     feedback:   position, value, doc_id
@@ -23,6 +24,7 @@ ops: = != < <= > >= in not_in. With a denominator it is a ratio metric (delta me
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +53,7 @@ class EventCount:
     event: str                       # impression | click | dwell | conversion
     aggregate: str = "count"         # count | sum
     filters: tuple[Filter, ...] = ()
+    cap: float | None = None         # sum only: each event's value counts as at most this
 
     @property
     def source(self) -> str:
@@ -74,22 +77,36 @@ class CustomMetric:
                          columns=(num, den) if self.denominator else (num,), custom=self)
 
 
+def _names(keys) -> str:
+    return ", ".join(sorted(map(str, keys)))
+
+
 def _parse_event(data: Any, path: tuple, problems: list[Problem]) -> EventCount | None:
     if data == "impressions":
         data = {"event": "impression"}
     if not isinstance(data, dict):
         problems.append(Problem(path, "must be a mapping such as {event: click, filters: [...]}"))
         return None
-    unknown = set(data) - {"event", "aggregate", "filters"}
-    if unknown:
-        problems.append(Problem(path + (sorted(unknown)[0],), "is not a known field: use event, aggregate, filters"))
+    known = {"event", "aggregate", "filters", "cap"}
+    for key in sorted(set(data) - known, key=str):
+        problems.append(Problem(path + (str(key),), f"is not a known field: use {_names(known)}"))
     event = data.get("event")
-    if event not in EVENTS:
-        problems.append(Problem(path + ("event",), f"is {event!r}, it must be one of: {', '.join(EVENTS)}"))
+    if not isinstance(event, str) or event not in EVENTS:
+        problems.append(Problem(path + ("event",), f"is {_show(event)}, it must be one of: {', '.join(EVENTS)}"))
         return None
     aggregate = data.get("aggregate", "count")
     if aggregate not in ("count", "sum"):
-        problems.append(Problem(path + ("aggregate",), f"is {aggregate!r}, it must be count or sum"))
+        problems.append(Problem(path + ("aggregate",), f"is {_show(aggregate)}, it must be count or sum"))
+    cap = data.get("cap")
+    if cap is not None:
+        if aggregate != "sum":
+            problems.append(Problem(path + ("cap",), "caps the values of a sum: add `aggregate: sum`, or remove "
+                                    "cap (a count has no values to cap)"))
+            cap = None
+        elif isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (math.isfinite(cap) and cap > 0):
+            problems.append(Problem(path + ("cap",), f"is {_show(cap)}, it must be a positive number: the largest "
+                                    "value one event may count for"))
+            cap = None
     fields = IMPRESSION_FIELDS if event == "impression" else FEEDBACK_FIELDS
     filters = []
     raw = data.get("filters") or []
@@ -99,26 +116,38 @@ def _parse_event(data: Any, path: tuple, problems: list[Problem]) -> EventCount 
     for i, item in enumerate(raw):
         where = path + ("filters", i)
         if not isinstance(item, dict) or set(item) != {"field", "op", "value"}:
-            problems.append(Problem(where, "must be a mapping with exactly field, op and value"))
+            extra = ", ".join(_show(str(k)) for k in sorted(set(item) - {"field", "op", "value"}, key=str)) \
+                if isinstance(item, dict) else ""
+            problems.append(Problem(where, "must be a mapping with exactly field, op and value"
+                                    + (f" (remove {extra})" if extra else "")))
             continue
-        if item["field"] not in fields:
-            problems.append(Problem(where + ("field",), f"{item['field']!r} cannot filter {event} events: "
+        # A list or mapping here is unhashable: test the type before looking it up.
+        if not isinstance(item["field"], str) or item["field"] not in fields:
+            problems.append(Problem(where + ("field",), f"{_show(item['field'])} cannot filter {event} events: "
                                     f"use one of {', '.join(fields)}"))
             continue
-        if item["op"] not in OPS:
-            problems.append(Problem(where + ("op",), f"{item['op']!r} is not an operator: use one of {', '.join(OPS)}"))
+        if not isinstance(item["op"], str) or item["op"] not in OPS:
+            problems.append(Problem(where + ("op",), f"{_show(item['op'])} is not an operator: use one of "
+                                    f"{', '.join(OPS)}"))
             continue
         value, many = item["value"], OPS[item["op"]] in ("IN", "NOT IN")
         values = value if many else [value]
         want = str if item["field"] in STRING_FIELDS else (int, float)
         if (many and not isinstance(value, list)) or not values or not all(
-                isinstance(v, want) and not isinstance(v, bool) for v in values):
-            kind = "text" if want is str else "numbers"
+                isinstance(v, want) and not isinstance(v, bool)
+                and (isinstance(v, str) or math.isfinite(v)) for v in values):
+            kind = "text" if want is str else "finite numbers"
             problems.append(Problem(where + ("value",), f"must be {'a list of ' if many else ''}{kind} "
                                     f"for {item['field']}"))
             continue
         filters.append(Filter(item["field"], OPS[item["op"]], value))
-    return EventCount(event, aggregate if aggregate in ("count", "sum") else "count", tuple(filters))
+    return EventCount(event, aggregate if aggregate in ("count", "sum") else "count", tuple(filters),
+                      float(cap) if cap is not None else None)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "...'"
 
 
 def parse_custom_metrics(data: Any, path: tuple = ("custom_metrics",)) -> tuple[list[CustomMetric], list[Problem]]:
@@ -135,10 +164,10 @@ def parse_custom_metrics(data: Any, path: tuple = ("custom_metrics",)) -> tuple[
             problems.append(Problem(where, "must be a mapping with name, numerator and optionally denominator"))
             continue
         before = len(problems)
-        unknown = set(item) - {"name", "label", "numerator", "denominator", "higher_is_better"}
-        for key in sorted(unknown):
-            problems.append(Problem(where + (key,), "is not a known field: use name, label, numerator, "
-                                    "denominator, higher_is_better"))
+        known = {"name", "label", "numerator", "denominator", "higher_is_better"}
+        for key in sorted(set(item) - known, key=str):
+            problems.append(Problem(where + (str(key),), f"is not a known field: use {_names(known)}"
+                                    + (" (cap goes inside numerator, beside aggregate: sum)" if key == "cap" else "")))
         name = item.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             problems.append(Problem(where + ("name",), "must be a metric name in lower_snake_case"))
@@ -149,11 +178,14 @@ def parse_custom_metrics(data: Any, path: tuple = ("custom_metrics",)) -> tuple[
             continue
         numerator = _parse_event(item["numerator"], where + ("numerator",), problems)
         raw_den = item.get("denominator")
-        denominator = None if raw_den in (None, "units") else _parse_event(raw_den, where + ("denominator",),
+        denominator = None if raw_den is None or raw_den == "units" else _parse_event(raw_den, where + ("denominator",),
                                                                           problems)
         better = item.get("higher_is_better", True)
         if not isinstance(better, bool):
             problems.append(Problem(where + ("higher_is_better",), "must be true or false"))
+        label = item.get("label")
+        if label is not None and not isinstance(label, str):
+            problems.append(Problem(where + ("label",), "must be text, the metric's name in reports"))
         if len(problems) == before and numerator is not None:
             out.append(CustomMetric(name, str(item.get("label") or name), numerator, denominator, better))
     return out, problems

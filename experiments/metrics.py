@@ -41,6 +41,8 @@ from experiments.stats.statistics import RatioStatistic, SampleMean
 
 DEFAULT_DWELL_THRESHOLD_S = 30.0
 MAX_LOOKS = 120  # daily looks in the cumulative series; a longer experiment is sampled evenly
+# Latency quantiles read per arm, so the p95 guardrail gets a distribution-free interval (order statistics)
+LATENCY_GRID = tuple(round(0.80 + 0.005 * i, 3) for i in range(40))   # 0.800 .. 0.995
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,15 @@ class ArmSummary:
     latency_p95: float | None
     encoder_checksums: tuple[str, ...]
     index_checksums: tuple[str, ...]
+    # (probability, latency ms) on LATENCY_GRID: what the latency guardrail's interval is read from
+    latency_quantiles: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class CumulativePoint:
     day: date
     stats: dict[str, RatioStatistic | SampleMean]   # arm -> the metric's sums over units seen up to `day`
+    covariate: dict | None = None                   # arm -> stats.cuped.CovariateSums up to `day` (design.cuped)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import re
 from datetime import date, datetime, timedelta
 
 from experiments.custom_metrics import FEEDBACK_FIELDS, IMPRESSION_FIELDS
-from experiments.metrics import (DEFAULT_DWELL_THRESHOLD_S, ArmSummary, CumulativePoint, ExperimentData, MetricDef,
+from experiments.metrics import (DEFAULT_DWELL_THRESHOLD_S, LATENCY_GRID, ArmSummary, CumulativePoint, ExperimentData, MetricDef,
                                  analysis_window, look_days)
 from experiments.stats.cuped import CovariateSums
 from experiments.stats.statistics import RatioStatistic, SampleMean
@@ -97,11 +97,17 @@ class MetricQueries:
                 sides.append((metric.custom.denominator, metric.denominator))
             for event, column in sides:
                 cond = self._condition(event, column)
+                cap = getattr(event, "cap", None)
+                if cap is not None:  # winsorized per event, before any sum: one huge value counts as the cap
+                    self.params[f"{column}_cap"] = float(cap)
                 if event.event == "impression":
                     value = "toFloat64(latency_ms)" if event.aggregate == "sum" else "1"
+                    if cap is not None and event.aggregate == "sum":
+                        value = f"least({value}, {{{column}_cap:Float64}})"
                     imp.append(f"if({cond}, {value}, 0) AS i_{column}")
                 else:  # counted by distinct event id, summed over distinct events: replayed copies count once
-                    agg = (f"arraySum(e -> e.2, groupUniqArrayIf((event_id, value), {cond}))"
+                    each = f"least(e.2, {{{column}_cap:Float64}})" if cap is not None else "e.2"
+                    agg = (f"arraySum(e -> {each}, groupUniqArrayIf((event_id, value), {cond}))"
                            if event.aggregate == "sum" else f"uniqExactIf(event_id, {cond})")
                     fb.append(f"toFloat64({agg}) AS i_{column}")
                 unit.append(f"i_{column} AS {column}")
@@ -197,6 +203,13 @@ class MetricQueries:
                 joins += [f"{alias} AS {alias}v", f"arrayPopBack(arrayPushFront({alias}, 0.)) AS p{alias}v"]
             charted_layout = layout("cmv", "cdv" if charted.kind == "ratio" else None, "")
         pre_ctes, cov_cols, cov_join, cov_layout = self._covariate(charted, columns, scalars, total)
+        daily_cov = []
+        if cov_layout:  # CUPED per daily look: the unit's metric so far (cmv, cdv) with its fixed x and z
+            x_terms = [total(f"sumIf({e}, k = 1)") for e in ("cx", "cx * cx", "cz", "cx * cz")]
+            cross = [total(f"sum(cmv * {w} - pcmv * {w})") for w in ("cx", "cz")]
+            if charted.kind == "ratio":
+                cross += [total(f"sum(cdv * {w} - pcdv * {w})") for w in ("cx", "cz")]
+            daily_cov = x_terms + cross
         needed = {"searches"} | set(charted.columns if charted is not None else ())
         cum_arrays = ", ".join(
             f"arrayFilter((v, e) -> e, arrayCumSum(arraySort((v, d) -> d, groupArray(toFloat64({expr})), "
@@ -216,7 +229,7 @@ class MetricQueries:
                f"FROM steps ARRAY JOIN days AS day, day_searches AS day_imps, arrayEnumerate(days) AS k"
                f"{''.join(', ' + j for j in joins)}\n"
                f"GROUP BY day, arm ORDER BY day, arm\nSETTINGS {SERIES_SETTINGS}")
-        return sql, finals, charted_layout, cov_layout
+        return sql, finals, charted_layout, (cov_layout, daily_cov)
 
     def _covariate(self, charted: MetricDef | None, columns, scalars: dict, total) -> tuple[str, str, str, list]:
         """CUPED: the charted (primary) metric per unit over the pre-period [pre_start, pre_end), from every
@@ -254,9 +267,9 @@ class MetricQueries:
         metrics = list(self.metrics.values())
         if charted is not None and charted.kind not in ("ratio", "mean"):
             charted = None
-        sql, finals, charted_layout, cov_layout = self._series_sql(metrics, charted)
+        sql, finals, charted_layout, (cov_layout, daily_cov) = self._series_sql(metrics, charted)
         running: dict[str, list[float]] = {}
-        daily, cumulative, traffic = [], {}, {}
+        daily, cumulative, cumulative_cov, traffic = [], {}, {}, {}
         for row in client.query(sql, parameters=self.params).result_rows:
             day, arm, active, impressions, new_units, values = row[0], row[1], row[2], row[3], row[4], row[5:]
             daily.append({"day": day.isoformat(), "arm": arm, "units": int(active), "impressions": int(impressions)})
@@ -269,27 +282,47 @@ class MetricQueries:
             if charted is not None:
                 cumulative.setdefault(day, {})[arm] = self._statistic(
                     charted, int(totals[0]), [totals[1 + j] for j in charted_layout])
+                if daily_cov:
+                    cumulative_cov.setdefault(day, {})[arm] = self._covariate_sums(
+                        charted, int(totals[0]), [totals[1 + j] for j in charted_layout],
+                        [totals[1 + j] for j in daily_cov])
         final = {m.name: {arm: self._statistic(m, int(t[0]), [t[1 + j] for j in layout])
                           for arm, t in running.items()} for m, layout in zip(metrics, finals)}
         covariate = {arm: CovariateSums(int(t[0]), *(float(t[1 + j]) for j in cov_layout))
                      for arm, t in running.items()} if cov_layout else None
-        current: dict = {}
-        for day in sorted(cumulative):  # an arm without traffic on a day keeps its sums of the day before
-            current.update(cumulative[day])
-            cumulative[day] = dict(current)
-        return final, daily, cumulative, traffic, covariate
+        for series in (cumulative, cumulative_cov):
+            current: dict = {}
+            for day in sorted(series):  # an arm without traffic on a day keeps its sums of the day before
+                current.update(series[day])
+                series[day] = dict(current)
+        return final, daily, cumulative, traffic, covariate, cumulative_cov
+
+    @staticmethod
+    def _covariate_sums(metric: MetricDef, n: int, stat: list, cov: list) -> CovariateSums:
+        """CovariateSums from a look's running sums: the metric's (m, m2[, d, d2, md]) and x, x2, z, xz, mx, mz
+        [, dx, dz]; a mean has d = 1 for every unit."""
+        x, xx, z, xz, mx, mz = (float(v) for v in cov[:6])
+        if metric.kind == "ratio":
+            m, mm, d, dd, md = (float(v) for v in stat)
+            dx, dz = (float(v) for v in cov[6:8])
+        else:
+            m, mm = (float(v) for v in stat)
+            d, dd, md, dx, dz = float(n), float(n), m, x, z
+        return CovariateSums(n, m, mm, d, dd, md, x, xx, z, xz, mx, dx, mz, dz)
 
     def arm_summaries(self, client, traffic: dict[str, tuple[int, int]]) -> dict[str, ArmSummary]:
         """Latency p95 (exact, over deduplicated impressions) and served checksums per arm; units and
         impressions come from `series`."""
+        grid = ", ".join(repr(p) for p in LATENCY_GRID)
         sql = (f"SELECT arm, quantileExact(0.95)(latency_ms), groupUniqArray(encoder_checksum), "
-               f"groupUniqArray(index_checksum) "
+               f"groupUniqArray(index_checksum), quantilesExact({grid})(latency_ms) "
                f"FROM {self.db}.impressions FINAL WHERE experiment = {{experiment:String}} AND enrolled "
                f"{self.start_clause} AND ts < {{end:DateTime64(3, 'UTC')}} GROUP BY arm ORDER BY arm")
         out = {}
-        for arm, p95, encoders, indexes in client.query(sql, parameters=self.params).result_rows:
+        for arm, p95, encoders, indexes, grid_values in client.query(sql, parameters=self.params).result_rows:
             units, impressions = traffic.get(arm, (0, 0))
-            out[arm] = ArmSummary(arm, units, impressions, float(p95), tuple(sorted(encoders)), tuple(sorted(indexes)))
+            out[arm] = ArmSummary(arm, units, impressions, float(p95), tuple(sorted(encoders)), tuple(sorted(indexes)),
+                                  tuple(zip(LATENCY_GRID, (float(v) for v in grid_values))))
         return out
 
 
@@ -303,11 +336,12 @@ def collect(client, experiment, *, metrics: dict[str, MetricDef], database: str 
         if pre_days and experiment.start is not None else None
     query = MetricQueries(database, experiment.name, window, dwell_threshold, metrics, pre_window)
     metric = metrics.get(cumulative_metric) if cumulative_metric else None
-    stats, daily, by_day, traffic, covariate = query.series(client, metric)
+    stats, daily, by_day, traffic, covariate, cov_by_day = query.series(client, metric)
     arms = query.arm_summaries(client, traffic)
     cumulative: list[CumulativePoint] = []
     if by_day:
         days = sorted(by_day)
-        cumulative = [CumulativePoint(day, by_day[day]) for day in look_days(days[0], days[-1]) if day in by_day]
+        cumulative = [CumulativePoint(day, by_day[day], cov_by_day.get(day)) for day in look_days(days[0], days[-1])
+                      if day in by_day]
     return ExperimentData(experiment.name, window, metrics, stats, arms, daily,
                           cumulative_metric if cumulative else None, cumulative, pre_window, covariate)

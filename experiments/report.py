@@ -14,13 +14,21 @@ Decisions, and why:
   metrics x arms (Holm by default). Guardrails are not corrected: a correction would make them more lenient.
 - With `design.sequential: true` decisions use the always-valid interval and p-value (safe to look daily);
   otherwise the fixed-horizon test, valid only at the planned end.
-- A guardrail caps harm: the change in the metric's bad direction (an increase for lower-is-better metrics,
-  a decrease otherwise). It fails when the point estimate of the harm exceeds the limit, passes when the
-  whole interval is below it, and is inconclusive in between. latency_p95 has no interval: point estimate.
+- A guardrail is a non-inferiority test against its margin: the harm (the change in the metric's bad
+  direction) must be shown below the margin, i.e. the harm's upper confidence bound (always-valid when the
+  design is sequential) is under it. `pass` then; `fail` when the lower bound is above the margin (shown
+  worse); `inconclusive` otherwise, with the units it would need. Ship needs every guardrail to pass, unless
+  the YAML says `guardrails_policy: warn`. latency_p95 gets a distribution-free interval from order
+  statistics of each arm's latencies (n = the arm's units, conservative when a unit has many searches).
+- With `design.cuped`, the primary metric is decided on the CUPED-adjusted estimate (as pre-registered):
+  the verdict, its sequential test and the daily chart; the plain estimate is shown beside it.
+- An arm whose estimates are too imprecise for the normal approximation, or without events, gets no verdict:
+  `insufficient_data`, with what is missing.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from experiments import metrics as m
@@ -28,10 +36,12 @@ from experiments.custom_metrics import definitions
 from experiments.metrics_sql import collect
 from experiments.offline_compare import offline_comparison
 from experiments.stats import MetricSpec, AnalysisSettings, analyze, sequential_test, z_test, welch_t_test
-from experiments.stats.cuped import cuped_adjust
+from experiments.stats.cuped import cuped_adjust, cuped_test
+from experiments.designs_report import interleaving_report, shadow_report
+from experiments.guardrails import evaluate_guardrails, guardrails_policy
 from experiments.stats.sequential import DEFAULT_TUNING
 
-VERDICTS = ("ship", "no_ship", "inconclusive", "withheld", "no_data", "invalid")
+VERDICTS = ("ship", "no_ship", "inconclusive", "insufficient_data", "withheld", "no_data", "invalid")
 
 
 def _iso(value) -> str | None:
@@ -85,9 +95,18 @@ def _comparisons(analysis, absolute, role: str, metrics: dict) -> list[dict]:
             "significant": c.significant, "direction": _direction(c, decision.lift),
             "probability_to_beat_control": c.bayesian.probability_to_beat_control if c.bayesian else None,
             "achieved_mde": c.achieved_mde, "error": str(decision.error) if decision.error else None,
+            "precise": decision.precise, "precision_reason": decision.precision_reason,
+            "units_needed": decision.units_needed,
             "reason": reason if not decision.ok else None,
         })
     return rows
+
+
+def _uses_cuped(experiment, data, name: str) -> bool:
+    """The primary metric is decided on its CUPED estimate when the design pre-registered CUPED and the log
+    gave the covariate sums of the control arm."""
+    return (data.pre_window is not None and name == data.cumulative_metric and data.covariate is not None
+            and experiment.control in data.covariate)
 
 
 def _analyse(experiment, data, names: list[str], role: str, correction: str) -> list[dict]:
@@ -97,51 +116,21 @@ def _analyse(experiment, data, names: list[str], role: str, correction: str) -> 
     # The planned arms define the comparisons: an arm without traffic still gets a row that says so, and an
     # arm the YAML does not define (warned about in the report) is never compared.
     weights = {a.name: a.weight for a in experiment.arms}
-    stats = {n: {a: s for a, s in data.stats.get(n, {}).items() if a in weights} for n in metrics}
-    relative = analyze(experiment.control, stats, {n: _spec(d) for n, d in metrics.items()}, weights=weights,
-                       settings=_settings(experiment, correction))
-    absolute = analyze(experiment.control, stats, {n: _spec(d, relative=False) for n, d in metrics.items()},
+    stats, specs = {}, {}
+    for n, d in metrics.items():
+        if role == "primary" and _uses_cuped(experiment, data, n):
+            stats[n] = {a: s for a, s in data.covariate.items() if a in weights}
+            specs[n] = MetricSpec(n, "cuped", relative=True, higher_is_better=d.higher_is_better)
+        else:
+            stats[n] = {a: s for a, s in data.stats.get(n, {}).items() if a in weights}
+            specs[n] = _spec(d)
+    relative = analyze(experiment.control, stats, specs, weights=weights, settings=_settings(experiment, correction))
+    absolute = analyze(experiment.control, stats, {n: replace(sp, relative=False) for n, sp in specs.items()},
                        weights=weights, settings=_settings(experiment, correction))
-    return _comparisons(relative, absolute, role, metrics)
-
-
-def _guardrails(experiment, data, rows: list[dict]) -> list[dict]:
-    out = []
-    by_key = {(r["metric"], r["arm"]): r for r in rows}
-    control = data.arms.get(experiment.control)
-    for g in experiment.metrics.guardrails:
-        relative = g.max_relative_increase is not None
-        limit = g.max_relative_increase if relative else g.max_absolute_increase
-        for arm in (a.name for a in experiment.arms if a.name != experiment.control):
-            entry = {"metric": g.metric, "arm": arm, "limit": limit, "scale": "relative" if relative else "absolute",
-                     "harm": None, "harm_upper": None, "status": "unknown", "reason": None}
-            metric = data.metrics.get(g.metric)
-            if metric is None:
-                entry["reason"] = f"unknown metric {g.metric!r}"
-            elif metric.kind == "quantile":
-                treated = data.arms.get(arm)
-                c = control.latency_p95 if control else None
-                t = treated.latency_p95 if treated else None
-                if c is None or t is None or (relative and c == 0):
-                    entry["reason"] = "no latency data for the control or this arm"
-                else:
-                    entry["harm"] = t / c - 1 if relative else t - c
-                    entry["status"] = "fail" if entry["harm"] > limit else "pass"
-                    entry["reason"] = f"p95 {c:.1f} ms -> {t:.1f} ms (point estimate; no interval)"
-            else:
-                row = by_key.get((g.metric, arm))
-                result = row and (row["relative_sequential" if relative else "absolute_sequential"]
-                                  or row["relative" if relative else "absolute"])
-                if not result or result.get("lift") is None:
-                    entry["reason"] = (row or {}).get("reason") or "no estimate"
-                else:
-                    sign = -1.0 if metric.higher_is_better else 1.0
-                    bound = result["ci_low"] if metric.higher_is_better else result["ci_high"]
-                    entry["harm"], entry["harm_upper"] = sign * result["lift"], sign * bound
-                    entry["status"] = ("fail" if entry["harm"] > limit else
-                                       "pass" if entry["harm_upper"] <= limit else "inconclusive")
-            out.append(entry)
-    return out
+    rows = _comparisons(relative, absolute, role, metrics)
+    for row in rows:
+        row["cuped"] = specs[row["metric"]].kind == "cuped"
+    return rows
 
 
 def _verdict(experiment, data, srm: dict, primary_rows: list[dict], guardrails: list[dict],
@@ -167,30 +156,40 @@ def _verdict(experiment, data, srm: dict, primary_rows: list[dict], guardrails: 
                             "logging before trusting any lift."]}
     if srm.get("error"):
         reasons.append(f"SRM check not possible: {srm.get('reason')}")
-    winners, losers = [], []
+    policy = guardrails_policy(experiment)
+    winners, losers, short = [], [], []
     for row in primary_rows:
-        failed = [g for g in guardrails if g["arm"] == row["arm"] and g["status"] == "fail"]
-        lift = row["relative_sequential"] or row["relative"]
-        shown = (f"{row['arm']} vs {row['control']} on {primary}: "
+        arm_guards = [g for g in guardrails if g["arm"] == row["arm"]]
+        failed = [g for g in arm_guards if g["status"] == "fail"]
+        holding = [g for g in arm_guards if g["status"] != "pass"]
+        lift = (row["relative_sequential"] if experiment.design.sequential else None) or row["relative"]
+        shown = (f"{row['arm']} vs {row['control']} on {primary}{' (CUPED)' if row.get('cuped') else ''}: "
                  + (f"{lift['lift']:+.2%} [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}]"
-                    if lift.get("lift") is not None else "no estimate"))
-        if row["error"]:
-            reasons.append(f"{row['arm']}: {row['reason']}")
-        elif failed:
+                    if lift.get("lift") is not None and lift.get("ci_low") is not None else "no estimate"))
+        if row["error"] or row.get("precise") is False:
+            short.append(row["arm"])
+            why = row["reason"] or row.get("precision_reason") or "the estimates are too imprecise"
+            reasons.append(f"{row['arm']}: insufficient data: {why}")
+        elif failed and policy == "block":
             losers.append(row["arm"])
-            reasons.append(shown + "; guardrail failed: " + ", ".join(g["metric"] for g in failed))
+            reasons.append(shown + "; guardrail shown beyond its margin: " + ", ".join(g["metric"] for g in failed))
         elif row["direction"] == "better":
-            winners.append((lift["lift"], row["arm"]))
-            reasons.append(shown + " (significant)")
+            if holding and policy == "block":
+                reasons.append(shown + " (significant), but held back by guardrails not yet shown within their "
+                               "margins: " + "; ".join(_holding(g) for g in holding))
+            else:
+                winners.append((lift["lift"], row["arm"]))
+                reasons.append(shown + " (significant)")
         elif row["direction"] == "worse":
             losers.append(row["arm"])
             reasons.append(shown + " (significantly worse)")
         else:
             reasons.append(shown + " (not significant)")
-    inconclusive = [g for g in guardrails if g["status"] in ("inconclusive", "unknown")]
-    if inconclusive:
-        reasons.append("Guardrails not yet shown safe: " + ", ".join(f"{g['metric']} ({g['arm']})"
-                                                                      for g in inconclusive))
+    if policy == "warn":
+        warned = [g for g in guardrails if g["status"] != "pass"]
+        if warned:
+            reasons.append("Guardrails not shown safe (policy warn: not blocking): " +
+                           "; ".join(_holding(g) for g in warned))
     if winners:
         best = max(winners)[1]
         return {"status": "ship", "winner": best, "headline": f"Ship {best}: it beats {experiment.control}.",
@@ -198,8 +197,21 @@ def _verdict(experiment, data, srm: dict, primary_rows: list[dict], guardrails: 
     if losers and len(losers) == len(primary_rows):
         return {"status": "no_ship", "winner": None,
                 "headline": f"Do not ship: no arm beats {experiment.control}.", "reasons": reasons}
+    if short and len(short) == len(primary_rows):
+        return {"status": "insufficient_data", "winner": None,
+                "headline": "Insufficient data: no verdict yet.", "reasons": reasons}
     return {"status": "inconclusive", "winner": None, "headline": "No significant difference yet.",
             "reasons": reasons}
+
+
+def _holding(g: dict) -> str:
+    f = (lambda v: f"{v:+.1%}") if g["scale"] == "relative" else (lambda v: f"{v:+.4g}")
+    if g["harm_upper"] is None:
+        return f"{g['metric']} ({g['arm']}): {g['reason'] or 'no interval yet'}"
+    need = (f", about {g['units_needed']:,} units in total to clear" if g.get("units_needed") else
+            ", cannot clear at the current estimate" if g["status"] != "fail" else "")
+    return (f"{g['metric']} ({g['arm']}): harm {f(g['harm'])}, upper bound {f(g['harm_upper'])} vs margin "
+            f"{f(g['limit'])}{need}")
 
 
 def _cumulative(experiment, data) -> dict:
@@ -208,24 +220,31 @@ def _cumulative(experiment, data) -> dict:
         return {"metric": None, "points": []}
     test = welch_t_test if data.metrics[name].kind == "mean" else z_test
     settings = _settings(experiment)
+    cuped = _uses_cuped(experiment, data, name)
     points = []
     for point in data.cumulative:
-        control = point.stats.get(experiment.control)
-        for arm, stat in point.stats.items():
+        stats = point.covariate if cuped and point.covariate else point.stats
+        control = stats.get(experiment.control)
+        for arm, stat in stats.items():
             if arm == experiment.control or control is None:
                 continue
-            fixed = test(control, stat, relative=True, alpha=settings.alpha)
-            seq = sequential_test(control, stat, relative=True, alpha=settings.alpha, tuning=settings.tuning)
+            if cuped and point.covariate:
+                fixed = cuped_test(control, stat, relative=True, alpha=settings.alpha, test="z")
+                seq = cuped_test(control, stat, relative=True, alpha=settings.alpha, test="sequential",
+                                 tuning=settings.tuning)
+            else:
+                fixed = test(control, stat, relative=True, alpha=settings.alpha)
+                seq = sequential_test(control, stat, relative=True, alpha=settings.alpha, tuning=settings.tuning)
             points.append({"day": point.day.isoformat(), "arm": arm, "units": control.n + stat.n,
                            "estimate": fixed.lift, "ci_low": fixed.ci_low, "ci_high": fixed.ci_high,
                            "seq_low": seq.ci_low, "seq_high": seq.ci_high, "seq_p_value": seq.p_value,
                            "reason": fixed.reason})
-    return {"metric": name, "points": points}
+    return {"metric": name, "cuped": cuped, "points": points}
 
 
 def _cuped(experiment, data) -> dict | None:
     """The primary metric adjusted with its pre-period covariate (design.cuped), beside the plain test; None when
-    the design asks for no CUPED. The verdict still uses the plain test (docs/statistics.md, CUPED)."""
+    the design asks for no CUPED. The verdict uses the adjusted test (as pre-registered)."""
     if data.pre_window is None:
         return None
     name = data.cumulative_metric
@@ -268,6 +287,11 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
                  dwell_threshold: float = m.DEFAULT_DWELL_THRESHOLD_S, correction: str = "holm",
                  now: datetime | None = None) -> dict:
     """The full report for one experiment (an experiments.schema.Experiment) as JSON-ready data."""
+    design = getattr(experiment.design, "type", None) or "ab"
+    if design == "interleaving":
+        return interleaving_report(client, experiment, database=database, now=now)
+    if design == "shadow":
+        return shadow_report(client, experiment, database=database, now=now)
     if custom is None:
         custom = definitions(list(getattr(experiment, "custom_metrics", ())))
     spec = experiment.metrics
@@ -288,13 +312,14 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
     srm = analysis.srm.to_dict() if data.arms else {"alert": None, "error": "no_units", "observed": {},
                                                     "reason": "No units yet.", "p_value": None}
     srm["status"] = "alert" if srm.get("alert") else ("unavailable" if srm.get("error") else "ok")
-    guardrails = _guardrails(experiment, data, rows)
+    guardrails = evaluate_guardrails(experiment, data, rows, _settings(experiment))
     verdict = _verdict(experiment, data, srm, primary_rows, guardrails, unknown)
     offline = offline_comparison(client, experiment, data, rows, database=database)
     verdict["reasons"] += [f"Offline vs online disagree for {c['arm']}: {c['note']}."
                            for c in offline["comparisons"] if c["disagreement"]]
     unexpected = sorted(set(data.arms) - {a.name for a in experiment.arms})
     return {
+        "design": "ab",
         "experiment": {"name": experiment.name, "description": experiment.description, "owner": experiment.owner,
                        "status": experiment.status, "unit": experiment.unit, "control": experiment.control,
                        "arms": [{"name": a.name, "weight": a.weight} for a in experiment.arms],
@@ -313,6 +338,7 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
         "metrics": {name: d.to_dict() for name, d in metrics.items()},
         "comparisons": rows,
         "guardrails": guardrails,
+        "guardrails_policy": guardrails_policy(experiment),
         "offline": offline,
         "daily": data.daily,
         "cumulative": _cumulative(experiment, data),

@@ -9,22 +9,32 @@ The shape (one file per experiment) is the one in docs/architecture.md, plus two
 - `layer_buckets: [start, end]` — the slice of the layer's 10,000 buckets the experiment may use (default the
   whole layer). Running experiments of one layer must use disjoint slices; see gateway/assignment.py.
 - per arm `dimensions` (Matryoshka truncation) and `score_threshold` (results below it are dropped).
+
+A typo must never switch a check off silently, so every mapping refuses keys it does not know, and every
+metric named under `metrics:` must be a built-in (experiments/metrics.py) or one of the file's custom_metrics.
+`metrics.guardrails_policy` (block | warn, default block) says whether a failed guardrail blocks the verdict
+or only warns; experiments/report.py reads it as `experiment.metrics.guardrails_policy`.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from experiments.custom_metrics import parse_custom_metrics
+from experiments.metrics import BUILTIN_METRICS
 from experiments.problems import Path, Problem
+from experiments.yaml_reader import YEARS, Reader, show_value, unknown_field  # noqa: F401 (re-exported)
 
 BUCKETS = 10_000
 UNITS = ("user", "session")
 STATUSES = ("draft", "running", "stopped")
 MAX_TOP_K = 100
+GUARDRAIL_POLICIES = ("block", "warn")
+DESIGNS = ("ab", "interleaving", "shadow")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _METRIC = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -51,6 +61,7 @@ class Metrics:
     primary: str
     secondary: tuple[str, ...] = ()
     guardrails: tuple[Guardrail, ...] = ()
+    guardrails_policy: str = "block"  # block: a failed guardrail stops a ship verdict; warn: it is reported only
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class Design:
     sample_size: int | None = None
     sequential: bool = False
     cuped_pre_days: int | None = None  # `cuped: {pre_days: N}`: pre-period covariate (docs/statistics.md)
+    type: str = "ab"                   # ab | interleaving | shadow (docs/interleaving.md)
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,7 @@ class Experiment:
     layer_buckets: tuple[int, int] = (0, BUCKETS)
     source: str | None = field(default=None, compare=False)  # the file it came from, for messages
     custom_metrics: tuple = ()  # experiments.custom_metrics.CustomMetric, defined in the YAML beside built-ins
+    shadow_sample: float | None = None  # design.type shadow: share of requests the candidate also answers
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -103,90 +116,8 @@ class Experiment:
         return self.status
 
 
-class _Reader:
-    """Reads fields out of one mapping, collecting problems instead of raising."""
-
-    def __init__(self, data: Any, path: Path, problems: list[Problem]) -> None:
-        self.path, self.problems = path, problems
-        if not isinstance(data, dict):
-            self.fail((), f"must be a mapping of fields, got {_kind(data)}")
-            data = {}
-        self.data = data
-
-    def fail(self, key: Path, message: str) -> None:
-        self.problems.append(Problem(self.path + key, message))
-
-    def unknown(self, known: set[str]) -> None:
-        for key in self.data:
-            if key not in known:
-                hint = f"; known fields are: {', '.join(sorted(known))}"
-                self.fail((str(key),), f"is not a known field, remove it or fix its spelling{hint}")
-
-    def get(self, key: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None,
-            what: str = "") -> Any:
-        if key not in self.data or (self.data[key] is None and not required):
-            if required:
-                self.fail((key,), f"is required: add `{key}:`{' with ' + what if what else ''}")
-            return default
-        value = self.data[key]
-        # YAML's bool is an int subclass: `weight: yes` must not pass as a number.
-        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            self.fail((key,), f"must be {what or _kind_name(kind)}, got a boolean")
-            return default
-        if not isinstance(value, kind):
-            self.fail((key,), f"must be {what or _kind_name(kind)}, got {_kind(value)}")
-            return default
-        return value
-
-    def text(self, key: str, *, required: bool = True, pattern: re.Pattern | None = None, what: str = "") -> str:
-        value = self.get(key, str, required=required, default="", what=what or "a string")
-        if value and pattern is not None and not pattern.match(value):
-            self.fail((key,), f"{value!r} is not a valid name: use lower-case letters, digits, '-', '_' or '.'")
-        elif required and isinstance(self.data.get(key), str) and not value.strip():
-            self.fail((key,), "must not be empty")
-        return value
-
-    def number(self, key: str, lo: float, hi: float, *, required: bool = True, default: float | None = None,
-               lo_open: bool = False) -> float | None:
-        value = self.get(key, (int, float), required=required, default=default, what="a number")
-        if value is None or value is default:
-            return value
-        if value < lo or value > hi or (lo_open and value == lo):
-            bound = f"({lo}, {hi}]" if lo_open else f"[{lo}, {hi}]"
-            self.fail((key,), f"is {value}, it must be in {bound}")
-            return default
-        return float(value)
-
-    def moment(self, key: str) -> datetime | None:
-        value = self.data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                self.fail((key,), f"{value!r} is not a time: write it as 2026-11-01T00:00:00Z")
-                return None
-        if not isinstance(value, datetime):
-            self.fail((key,), "must be a time such as 2026-11-01T00:00:00Z, or null")
-            return None
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(
-        type(value), type(value).__name__)
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a mapping",
-             list: "a list"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
 def _parse_arm(data: Any, path: Path, problems: list[Problem]) -> Arm | None:
-    r = _Reader(data, path, problems)
+    r = Reader(data, path, problems)
     before = len(problems)
     r.unknown({"name", "weight", "encoder", "index", "top_k", "dimensions", "score_threshold"})
     name = r.text("name", pattern=_NAME)
@@ -205,32 +136,68 @@ def _parse_arm(data: Any, path: Path, problems: list[Problem]) -> Arm | None:
     return Arm(name, weight, encoder, index, top_k, dimensions, threshold)
 
 
-def _parse_metrics(data: Any, path: Path, problems: list[Problem]) -> Metrics:
-    r = _Reader(data, path, problems)
-    r.unknown({"primary", "secondary", "guardrails"})
+def _parse_metrics(data: Any, path: Path, problems: list[Problem], custom: list[str]) -> Metrics:
+    """`custom`: the names written under custom_metrics (a custom metric with its own problem still counts as
+    defined here, so its uses are not reported a second time)."""
+    r = Reader(data, path, problems)
+    r.unknown({"primary", "secondary", "guardrails", "guardrails_policy"})
+
+    def check(key: Path, name: str) -> None:
+        if name not in BUILTIN_METRICS and name not in custom:
+            r.fail(key, unknown_metric(name, custom))
+
     primary = r.text("primary", pattern=None, what="the name of the metric that decides, e.g. ctr")
     if primary and not _METRIC.match(primary):
-        r.fail(("primary",), f"{primary!r} is not a metric name: use lower_snake_case such as ctr")
+        r.fail(("primary",), f"{show_value(primary)} is not a metric name: use lower_snake_case such as ctr")
+    elif primary:
+        check(("primary",), primary)
     secondary = r.get("secondary", list, required=False, default=[])
     for i, name in enumerate(secondary):
         if not isinstance(name, str) or not _METRIC.match(name):
             r.fail(("secondary", i), "must be a metric name in lower_snake_case such as mrr")
+        else:
+            check(("secondary", i), name)
     guardrails = []
     for i, item in enumerate(r.get("guardrails", list, required=False, default=[])):
-        g = _Reader(item, path + ("guardrails", i), problems)
+        g = Reader(item, path + ("guardrails", i), problems)
         g.unknown({"metric", "max_relative_increase", "max_absolute_increase"})
         metric = g.text("metric", what="a metric name such as latency_p95")
+        if metric and not _METRIC.match(metric):
+            g.fail(("metric",), f"{show_value(metric)} is not a metric name: use lower_snake_case such as latency_p95")
+        elif metric:
+            check(("guardrails", i, "metric"), metric)
         rel = g.number("max_relative_increase", 0, 100, required=False)
         absolute = g.number("max_absolute_increase", 0, 1e9, required=False)
         if rel is None and absolute is None and isinstance(item, dict):
             g.fail((), "needs max_relative_increase or max_absolute_increase: say how much worse is too much")
+        elif rel is not None and absolute is not None:
+            # The report checks one margin; with both, the absolute one would be ignored without a word.
+            g.fail(("max_absolute_increase",), "cannot be given with max_relative_increase: keep one margin per "
+                   "guardrail, or add a second guardrail on the same metric")
         guardrails.append(Guardrail(metric, rel, absolute))
-    return Metrics(primary, tuple(s for s in secondary if isinstance(s, str)), tuple(guardrails))
+    policy = r.get("guardrails_policy", str, required=False, default="block", what="block or warn")
+    if policy not in GUARDRAIL_POLICIES:
+        r.fail(("guardrails_policy",), f"is {show_value(policy)}, it must be block (a failed guardrail stops a ship "
+               "verdict; the default) or warn (it is only reported)")
+        policy = "block"
+    return Metrics(primary, tuple(s for s in secondary if isinstance(s, str)), tuple(guardrails), policy)
+
+
+def unknown_metric(name: str, custom: list[str]) -> str:
+    close = difflib.get_close_matches(name, [*BUILTIN_METRICS, *custom], n=1, cutoff=0.6)
+    guess = f"did you mean {close[0]!r}? " if close else ""
+    defined = f"; custom_metrics of this file: {', '.join(custom)}" if custom else ""
+    return (f"{name!r} is not a metric: {guess}use a built-in ({', '.join(BUILTIN_METRICS)}){defined}, or define "
+            "it under custom_metrics")
 
 
 def _parse_design(data: Any, path: Path, problems: list[Problem]) -> Design:
-    r = _Reader(data, path, problems)
-    r.unknown({"alpha", "power", "mde", "sample_size", "sequential", "cuped"})
+    r = Reader(data, path, problems)
+    r.unknown({"alpha", "power", "mde", "sample_size", "sequential", "cuped", "type"})
+    kind = r.get("type", str, required=False, default="ab", what="ab, interleaving or shadow")
+    if kind not in DESIGNS:
+        r.fail(("type",), f"is {show_value(kind)}, it must be one of: {', '.join(DESIGNS)}")
+        kind = "ab"
     alpha = r.number("alpha", 0, 0.5, required=False, default=0.05, lo_open=True)
     power = r.number("power", 0, 1, required=False, default=0.8, lo_open=True)
     mde = r.number("mde", 0, 100, required=False, lo_open=True)
@@ -243,21 +210,21 @@ def _parse_design(data: Any, path: Path, problems: list[Problem]) -> Design:
     pre_days = None
     cuped = r.get("cuped", dict, required=False)
     if cuped is not None:
-        c = _Reader(cuped, path + ("cuped",), problems)
+        c = Reader(cuped, path + ("cuped",), problems)
         c.unknown({"pre_days"})
         pre_days = c.get("pre_days", int, required=True)
         if isinstance(pre_days, int) and not 1 <= pre_days <= 365:
             c.fail(("pre_days",), f"is {pre_days}; use 1 to 365 days of pre-period before the start")
             pre_days = None
     return Design(alpha or 0.05, power or 0.8, mde, sample_size, bool(sequential),
-                  pre_days if isinstance(pre_days, int) else None)
+                  pre_days if isinstance(pre_days, int) else None, kind)
 
 
 def parse_experiment(data: Any, source: str | None = None) -> tuple[Experiment | None, list[Problem]]:
     problems: list[Problem] = []
-    r = _Reader(data, (), problems)
+    r = Reader(data, (), problems)
     r.unknown({"name", "description", "owner", "layer", "unit", "salt", "status", "start", "end", "allocation",
-               "control", "arms", "metrics", "design", "layer_buckets", "custom_metrics"})
+               "control", "arms", "metrics", "design", "layer_buckets", "custom_metrics", "shadow"})
     name = r.text("name", pattern=_NAME)
     description = r.text("description", what="one sentence saying what the experiment asks")
     owner = r.text("owner", what="the team that owns it")
@@ -289,13 +256,18 @@ def parse_experiment(data: Any, source: str | None = None) -> tuple[Experiment |
     # Compare with the names as written, so a typo in control is reported even when an arm has other problems.
     written = [a.get("name") for a in raw_arms or [] if isinstance(a, dict) and isinstance(a.get("name"), str)]
     if control and written and control not in written:
-        r.fail(("control",), f"{control!r} is not one of the arms ({', '.join(written)}): name the control arm")
+        r.fail(("control",), f"{show_value(control)} is not one of the arms ({', '.join(map(show_value, written))}): name "
+                             "the control arm")
     buckets = r.get("layer_buckets", list, required=False, default=[0, BUCKETS])
     if not (len(buckets) == 2 and all(isinstance(b, int) and not isinstance(b, bool) for b in buckets)
             and 0 <= buckets[0] < buckets[1] <= BUCKETS):
         r.fail(("layer_buckets",), f"must be [start, end] with 0 <= start < end <= {BUCKETS}")
         buckets = [0, BUCKETS]
-    metrics = _parse_metrics(r.data.get("metrics"), ("metrics",), problems) if "metrics" in r.data else None
+    raw_custom = r.data.get("custom_metrics")
+    custom_names = [m["name"] for m in raw_custom if isinstance(m, dict) and isinstance(m.get("name"), str)] \
+        if isinstance(raw_custom, list) else []
+    metrics = (_parse_metrics(r.data.get("metrics"), ("metrics",), problems, custom_names)
+               if "metrics" in r.data else None)
     if metrics is None:
         r.fail(("metrics",), "is required: add `metrics:` with at least `primary:`")
     design = _parse_design(r.data.get("design"), ("design",), problems) if "design" in r.data else None
@@ -307,9 +279,23 @@ def parse_experiment(data: Any, source: str | None = None) -> tuple[Experiment |
     elif design.cuped_pre_days is not None and start is None:
         r.fail(("design", "cuped"), "needs a start time: the pre-period is the pre_days before `start:`")
 
-    custom, custom_problems = parse_custom_metrics(r.data.get("custom_metrics"))
+    shadow_sample = None
+    if "shadow" in r.data:
+        sh = Reader(r.data.get("shadow"), ("shadow",), problems)
+        if design is not None and design.type != "shadow":
+            r.fail(("shadow",), "is only for design.type: shadow; remove it or set the design's type")
+        elif isinstance(r.data.get("shadow"), dict):
+            sh.unknown({"sample"})
+            shadow_sample = sh.number("sample", 0, 1, required=False, default=1.0, lo_open=True)
+        else:
+            r.fail(("shadow",), "must be a mapping such as {sample: 0.25}")
+    if design is not None and design.type in ("interleaving", "shadow") and len(arms) < 2:
+        r.fail(("arms",), f"a {design.type} experiment needs a control and at least one candidate arm")
+
+    custom, custom_problems = parse_custom_metrics(raw_custom)
     problems += custom_problems
     if problems:
         return None, problems
     return Experiment(name, description, owner, layer, unit, salt, status, start, end, float(allocation), control,
-                      tuple(arms), metrics, design, (buckets[0], buckets[1]), source, tuple(custom)), []
+                      tuple(arms), metrics, design, (buckets[0], buckets[1]), source, tuple(custom),
+                      shadow_sample), []

@@ -139,10 +139,14 @@ def test_pre_period_covariate_shrinks_the_interval_and_matches_numpy(client):
     # A per-user propensity seen before the start explains much of the in-experiment CTR variance.
     assert row["variance_reduction"] > 0.2
     assert adjusted["ci_high"] - adjusted["ci_low"] < 0.9 * (plain["ci_high"] - plain["ci_low"])
-    # The plain side is the report's own primary comparison.
+    # The design pre-registered CUPED: the primary comparison (and so the verdict) is the adjusted one.
     primary = next(r for r in report["comparisons"] if r["metric"] == "ctr")
-    assert row["plain_relative"]["lift"] == pytest.approx(primary["relative"]["lift"], rel=1e-9)
-    assert row["plain_relative"]["ci_low"] == pytest.approx(primary["relative"]["ci_low"], rel=1e-9)
+    assert primary["cuped"] and primary["decision_method"].startswith("cuped_")
+    assert primary["relative"]["lift"] == pytest.approx(row["cuped_relative"]["lift"], rel=1e-9)
+    assert primary["absolute"]["lift"] == pytest.approx(row["cuped_absolute"]["lift"], rel=1e-9)
+    assert report["cumulative"]["cuped"]
+    last = report["cumulative"]["points"][-1]  # the daily chart's last look is the verdict's estimate
+    assert last["estimate"] == pytest.approx(row["cuped_relative"]["lift"], rel=1e-9)
 
     ref = numpy_reference(client.logs["cup"], "cup")
     assert row["units_with_pre_data"] == ref["units_with_pre"]
@@ -165,7 +169,12 @@ def test_no_pre_period_data_is_said_plainly(client):
     row = cuped["comparisons"][0]
     assert row["cuped_absolute"] == {} and row["variance_reduction"] is None
     assert "pre-period" in row["reason"] and row["units_with_pre_data"] == {"control": 0, "treatment": 0}
-    assert row["plain_absolute"]["ci_low"] is not None  # the plain test is still there
+    # The plain test is still there, with the values of the unadjusted z-test on the same per-unit data.
+    ref = numpy_reference(client.logs["nopre"], "nopre")
+    expected = z_test(ref["control_plain"], ref["treatment_plain"])
+    for field in ("lift", "ci_low", "ci_high"):
+        assert row["plain_absolute"][field] == pytest.approx(getattr(expected, field), rel=1e-9, abs=1e-12), field
+    assert row["plain_absolute"]["ci_low"] < row["plain_absolute"]["lift"] < row["plain_absolute"]["ci_high"]
     assert "No unit has impressions in the pre-period" in render_report(_report(client, "nopre"))
 
 

@@ -177,3 +177,34 @@ def test_look_days_are_daily_then_sampled():
     assert m.look_days(first, first + timedelta(days=2)) == [first + timedelta(days=d) for d in range(3)]
     long = m.look_days(first, first + timedelta(days=400))
     assert len(long) <= m.MAX_LOOKS and long[-1] == first + timedelta(days=400)
+
+
+def test_custom_metric_cap_winsorizes_each_value(client):
+    """One 1e9 conversion moves the uncapped mean by millions; capped, the unit counts at most the cap."""
+    from gateway.eventlog.events import Feedback
+
+    cap_log = generate("capexp", units=60, days=DAYS, seed=11, noise=False)
+    target = next(i for i in cap_log.impressions if i.arm == "treatment")
+    cap_log.feedback.append(Feedback("huge-conversion", target.impression_id, target.ts, "capexp", target.arm,
+                                     target.unit_id, "conversion", "d0", 1, 1e9))
+    cap_log.insert(client)
+    exp, problems = parse_experiment(experiment_config("capexp", days=DAYS, custom_metrics=[
+        {"name": "value_raw", "numerator": {"event": "conversion", "aggregate": "sum"}},
+        {"name": "value_capped", "numerator": {"event": "conversion", "aggregate": "sum", "cap": 20}},
+        {"name": "latency_capped", "numerator": {"event": "impression", "aggregate": "sum", "cap": 15}},
+    ]))
+    assert not problems, problems
+    data = collect(client, exp, metrics=definitions(list(exp.custom_metrics)))
+    for arm in ("control", "treatment"):
+        units = sorted({i.unit_id for i in cap_log.impressions if i.arm == arm})
+        conv = [f for f in cap_log.feedback if f.type == "conversion" and f.arm == arm]
+        capped = np.array([sum(min(f.value, 20) for f in conv if f.unit_id == u) for u in units])
+        raw = np.array([sum(f.value for f in conv if f.unit_id == u) for u in units])
+        lat = np.array([sum(min(i.latency_ms, 15) for i in cap_log.impressions if i.unit_id == u) for u in units])
+        got, unc, lc = (data.stats[n][arm] for n in ("value_capped", "value_raw", "latency_capped"))
+        assert [got.n, got.sum, got.sum_squares] == pytest.approx([len(units), capped.sum(), (capped ** 2).sum()])
+        assert [unc.n, unc.sum] == pytest.approx([len(units), raw.sum()])
+        assert [lc.n, lc.sum, lc.sum_squares] == pytest.approx([len(units), lat.sum(), (lat ** 2).sum()])
+    treated = data.stats["value_capped"]["treatment"]
+    assert data.stats["value_raw"]["treatment"].sum / treated.n > 1e6  # the outlier, uncapped
+    assert treated.sum / treated.n < 20  # the 1e9 conversion counts as 20: the mean stays below the cap

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
 from experiments.report import build_report
+from dashboards.pages import render_report
 from dashboards.text import render_text
 from experiments.schema import parse_experiment
 from gateway import cli
@@ -41,8 +44,15 @@ def client(tmp_path_factory):
     client.close()
 
 
-def experiment(name, **kw):
-    exp, problems = parse_experiment(experiment_config(name, days=DAYS, **kw))
+# Margins wide enough for this small log to show the guardrails safe (tests of blocking use tight ones).
+WIDE_GUARDRAILS = [{"metric": "latency_p95", "max_relative_increase": 0.5},
+                   {"metric": "zero_result_rate", "max_absolute_increase": 0.05}]
+
+
+def experiment(name, guardrails=WIDE_GUARDRAILS, **kw):
+    config = experiment_config(name, days=DAYS, **kw)
+    config["metrics"]["guardrails"] = guardrails
+    exp, problems = parse_experiment(config)
     assert not problems, problems
     return exp
 
@@ -107,7 +117,7 @@ def test_zero_variance_and_zero_control_give_reasons(client):
     ctr = next(c for c in report["comparisons"] if c["metric"] == "ctr")
     assert ctr["error"] == "zero_control_mean" and "relative lift is undefined" in ctr["reason"]
     assert ctr["absolute"]["lift"] is None  # both arms constant: no test
-    assert report["verdict"]["status"] == "inconclusive"
+    assert report["verdict"]["status"] == "insufficient_data"
     assert "relative lift is undefined" in " ".join(report["verdict"]["reasons"])
 
 
@@ -118,42 +128,119 @@ def test_missing_arm(client):
     assert report["verdict"]["status"] == "withheld"  # an arm with no units is a sample ratio mismatch
 
 
-def test_unknown_metrics(client):
-    report = report_of(client, "win", primary="revenue", secondary=("ctr", "made_up"))
-    assert report["verdict"]["status"] == "invalid" and "revenue" in report["verdict"]["headline"]
-    assert report["unknown_metrics"] == ["revenue", "made_up"]
+def test_unknown_metrics_are_refused_before_any_report(client):
+    _, problems = parse_experiment(experiment_config("win", days=DAYS, primary="revenue",
+                                                     secondary=("ctr", "made_up")))
+    assert {p.field for p in problems} >= {"metrics.primary", "metrics.secondary[1]"}
     quantile = report_of(client, "win", primary="latency_p95", secondary=())
     assert quantile["verdict"]["status"] == "invalid" and "guardrail" in quantile["verdict"]["reasons"][0]
 
 
-def _offline_rows(client, arm_values: dict):
-    rows = []
+_RUNS = iter(range(1, 10_000))
+
+
+def _offline_rows(client, arm_values: dict, per_query: dict | None = None):
+    """One new offline run per arm, later than every run before (the report reads the latest)."""
+    run = next(_RUNS)
+    at = START + timedelta(minutes=run)
+    rows, query_rows = [], []
     for arm, (ndcg, recall, mrr) in arm_values.items():
         for metric, k, value in (("ndcg", 10, ndcg), ("recall", 100, recall), ("mrr", 10, mrr)):
-            rows.append([f"run-{arm}", START, f"enc-{arm}", f"idx-{arm}", arm, "scifact", "test", metric, k,
+            rows.append([f"run{run}-{arm}", at, f"enc-{arm}", f"idx-{arm}", arm, "scifact", "test", metric, k,
                          value, 300])
+        for i, value in enumerate((per_query or {}).get(arm, ())):
+            query_rows.append([f"run{run}-{arm}", at, f"enc-{arm}", f"idx-{arm}", "scifact", "test", f"q{i}",
+                               "ndcg", 10, float(value)])
     client.insert("abgate.offline_eval", rows, column_names=["run_id", "ts", "encoder_checksum",
                   "index_checksum", "label", "dataset", "split", "metric", "k", "value", "queries"])
+    if query_rows:
+        client.insert("abgate.offline_eval_queries", query_rows, column_names=[
+            "run_id", "ts", "encoder_checksum", "index_checksum", "dataset", "split", "query_id", "metric", "k",
+            "value"])
 
 
-def test_offline_vs_online_disagreement(client):
-    _offline_rows(client, {"control": (0.60, 0.90, 0.55), "treatment": (0.70, 0.95, 0.66)})
-    flat_report = report_of(client, "flat")
-    assert any("Offline vs online disagree for treatment" in r for r in flat_report["verdict"]["reasons"])
-    flat = flat_report["offline"]
-    assert flat["available"] and flat["arms"]["treatment"]["ndcg@10"] == pytest.approx(0.70)
-    (c,) = flat["comparisons"]
-    assert c["offline_deltas"]["ndcg@10"] == pytest.approx(0.10)
-    assert c["offline_direction"] == "better" and c["online_direction"] == "flat"
-    assert c["disagreement"] and "better offline" in c["note"]
+def _per_query(shift: float, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.2, 1.0, 300)
+    return {"control": base, "treatment": np.clip(base + shift + rng.normal(0, 0.1, 300), 0, 1)}
+
+
+def test_offline_delta_has_its_own_paired_test_and_disagreement_needs_both_sides(client):
+    per_query = _per_query(0.10, seed=1)
+    _offline_rows(client, {"control": (per_query["control"].mean(), 0.90, 0.55),
+                           "treatment": (per_query["treatment"].mean(), 0.95, 0.66)}, per_query)
+    # The paired t interval is scipy's on the same per-query differences.
+    diffs = per_query["treatment"] - per_query["control"]
+    ref = stats.ttest_1samp(diffs, 0.0)
+    ci = ref.confidence_interval()
+    (lose,) = report_of(client, "lose")["offline"]["comparisons"]
+    test = lose["offline_test"]
+    assert test["queries"] == 300 and test["delta"] == pytest.approx(diffs.mean(), rel=1e-9)
+    assert (test["ci_low"], test["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert test["p_value"] == pytest.approx(ref.pvalue, rel=1e-6) and test["significant"]
+    # Better offline, significantly worse online: the online interval excludes the offline direction.
+    assert lose["offline_direction"] == "better" and lose["online_direction"] == "worse" and lose["disagreement"]
+    assert any("Offline vs online disagree for treatment" in r
+               for r in report_of(client, "lose")["verdict"]["reasons"])
+    # Flat online is not a disagreement: not confirmed yet.
+    (flat,) = report_of(client, "flat")["offline"]["comparisons"]
+    assert flat["online_direction"] == "flat" and not flat["disagreement"] and "not confirmed" in flat["note"]
     (agree,) = report_of(client, "win")["offline"]["comparisons"]
     assert agree["online_direction"] == "better" and not agree["disagreement"]
+
+
+def test_an_offline_delta_within_noise_is_never_a_disagreement(client):
+    """The baseline's int8 twin: NDCG@10 +0.003 over 300 queries is noise, whatever the online result."""
+    per_query = _per_query(0.003, seed=2)
+    _offline_rows(client, {"control": (per_query["control"].mean(), 0.90, 0.55),
+                           "treatment": (per_query["treatment"].mean(), 0.90, 0.55)}, per_query)
+    for name in ("lose", "flat", "win"):
+        (c,) = report_of(client, name)["offline"]["comparisons"]
+        assert not c["offline_test"]["significant"] and c["offline_direction"] == "same"
+        assert not c["disagreement"] and "within noise" in c["note"]
+
+
+def test_guardrails_are_non_inferiority_tests_that_hold_ship_back(client):
+    tight = [{"metric": "zero_result_rate", "max_absolute_increase": 0.01},
+             {"metric": "latency_p95", "max_relative_increase": 0.2}]
+    report = report_of(client, "win", guardrails=tight)
+    assert report["verdict"]["status"] == "inconclusive"  # a significant win, but not shown safe yet
+    reasons = " ".join(report["verdict"]["reasons"])
+    assert "held back by guardrails" in reasons and "units in total to clear" in reasons
+    zero = next(g for g in report["guardrails"] if g["metric"] == "zero_result_rate")
+    assert zero["status"] == "inconclusive" and zero["harm_low"] < zero["harm"] < zero["harm_upper"]
+    assert zero["harm_upper"] > 0.01 and zero["units_needed"] > zero["units"]
+    latency = next(g for g in report["guardrails"] if g["metric"] == "latency_p95")
+    assert latency["harm_low"] < latency["harm"] < latency["harm_upper"]  # an interval, not a point
+    wide = report_of(client, "win")
+    assert all(g["status"] == "pass" and g["harm_upper"] < g["limit"] for g in wide["guardrails"])
+    assert wide["verdict"]["status"] == "ship"
+
+
+def test_a_guardrail_shown_beyond_its_margin_fails(client):
+    # "lose" has far fewer clicks in treatment: as a guardrail on click_share with a 1% margin it is shown worse.
+    report = report_of(client, "lose", guardrails=[{"metric": "click_share", "max_absolute_increase": 0.01}])
+    (guard,) = report["guardrails"]
+    assert guard["status"] == "fail" and guard["harm_low"] > 0.01
+    assert report["verdict"]["status"] == "no_ship"
+
+
+def test_a_treatment_arm_without_events_gives_insufficient_data_not_an_error(client, tmp_path):
+    log = generate("empty-arm", {"control": 0.3, "treatment": 0.0}, units=80, days=DAYS, seed=16, noise=False)
+    log.insert(client)
+    report = report_of(client, "empty-arm")
+    assert report["verdict"]["status"] == "insufficient_data"
+    assert "insufficient data" in " ".join(report["verdict"]["reasons"])
+    assert "id=\"verdict\"" in render_report(report) or "id='verdict'" in render_report(report)
+    assert "INSUFFICIENT_DATA" in render_text(report)
 
 
 def test_cli_report_json_table_and_html(client, tmp_path, capsys):
     folder = tmp_path / "exps"
     folder.mkdir()
-    (folder / "win.yaml").write_text(yaml.safe_dump(experiment_config("win", days=DAYS)))
+    config = experiment_config("win", days=DAYS)
+    config["metrics"]["guardrails"] = WIDE_GUARDRAILS
+    (folder / "win.yaml").write_text(yaml.safe_dump(config))
     (folder / "broken.yaml").write_text("name: [unclosed\n")
     dsn = f"chdb://{client.dsn_path}"
     html = tmp_path / "out" / "win.html"

@@ -22,6 +22,8 @@ Whole experiment in one call (analysis.py) -- what the report and `abgate stats`
         c.decision                     # LiftResult: sequential when settings.sequential else fixed-horizon
         c.significant                  # adjusted p < alpha; None when the test could not run
         c.decision.error, .reason      # ErrorCode + sentence instead of numbers for impossible inputs
+        c.precise                      # False: show "insufficient data" + c.decision.precision_reason,
+                                       # c.decision.units_needed (more units per arm), not a verdict
     analysis.to_dict()                 # JSON-ready (no NaN anywhere: missing numbers are None)
 
 Single methods, each returning a frozen result (results.py) and never raising on data:
@@ -34,6 +36,8 @@ Single methods, each returning a frozen result (results.py) and never raising on
     holm(p_values), benjamini_hochberg(p_values)                                 -> adjusted p-values
     power(...), sample_size_mean(...), sample_size_proportion(...), mde_mean(...), mde_proportion(...)
 
+Relative lifts take their p-value from the absolute difference (same null hypothesis) and their interval from
+Fieller's method, so the interval excludes 0 exactly when p < alpha (frequentist.py explains why).
 For a cumulative-lift chart, call sequential_test on the cumulative statistics of each day: every day's
 interval is valid at once (see sequential.py for the method, formula and reference). Details and the JSON
 input format of `abgate stats`: docs/statistics.md.

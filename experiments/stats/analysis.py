@@ -8,6 +8,7 @@ data: problems come back as error codes inside the results. Used by `abgate stat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -35,7 +36,7 @@ class MetricSpec:
     higher_is_better: bool = True
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
             raise ValueError(f"unknown metric kind {self.kind!r}; use one of {sorted(KINDS)}")
 
 
@@ -51,8 +52,14 @@ class AnalysisSettings:
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
-        if self.correction not in correction.METHODS:
+        if not isinstance(self.correction, str) or self.correction not in correction.METHODS:
             raise ValueError(f"unknown correction {self.correction!r}; use one of {sorted(correction.METHODS)}")
+        if not (isinstance(self.tuning, (int, float)) and math.isfinite(self.tuning) and self.tuning > 0):
+            raise ValueError(f"tuning must be a positive number of units, got {self.tuning!r}")
+        if not self.alpha < self.power < 1:
+            raise ValueError(f"power must be in (alpha, 1) = ({self.alpha}, 1), got {self.power!r}")
+        if not 0 < self.srm_threshold < 1:
+            raise ValueError(f"srm_threshold must be in (0, 1), got {self.srm_threshold!r}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,12 @@ class Comparison:
         return self.sequential or self.fixed
 
     @property
+    def precise(self) -> bool | None:
+        """Whether both arms are precise enough to trust the decision (precision.py); None without a result.
+        A report shows an imprecise comparison as "insufficient data" with decision.precision_reason."""
+        return self.decision.precise
+
+    @property
     def significant(self) -> bool | None:
         p = self.adjusted_p_value
         return None if p is None else p < self.decision.alpha
@@ -83,6 +96,7 @@ class Comparison:
         return {
             "metric": self.metric, "kind": self.kind, "arm": self.arm, "control": self.control,
             "higher_is_better": self.higher_is_better, "decision_method": self.decision.method,
+            "precise": self.decision.precise, "units_needed": self.decision.units_needed,
             "adjusted_p_value": self.adjusted_p_value, "significant": self.significant,
             "achieved_mde": self.achieved_mde, "cuped_theta": self.cuped_theta,
             "fixed": self.fixed.to_dict(), "sequential": self.sequential and self.sequential.to_dict(),

@@ -21,26 +21,37 @@ SRM_THRESHOLD = 0.001
 def srm_check(observed: Mapping[str, int], weights: Mapping[str, float], *,
               threshold: float = SRM_THRESHOLD) -> SrmResult:
     """Chi-square SRM test. An arm in `weights` but not in `observed` counts as 0 units."""
-    counts = {arm: int(observed.get(arm, 0)) for arm in weights}
-
     def failed(code: ErrorCode, reason: str) -> SrmResult:
         return SrmResult(threshold=threshold, observed=counts, error=code, reason=reason)
+
+    counts: dict[str, int] = {}
+    try:
+        raw = {arm: float(observed.get(arm, 0)) for arm in weights}
+        weight_values = [float(w) for w in weights.values()]
+    except (OverflowError, TypeError, ValueError):
+        return failed(ErrorCode.INVALID_STATISTIC, "Unit counts and weights must be numbers within float range.")
+    if any(not math.isfinite(c) or c != int(c) for c in raw.values()):
+        return failed(ErrorCode.INVALID_STATISTIC, "Unit counts must be finite whole numbers.")
+    counts = {arm: int(c) for arm, c in raw.items()}
 
     extra = sorted(set(observed) - set(weights))
     if extra:
         return failed(ErrorCode.INVALID_WEIGHTS, f"Units were counted for arm(s) {extra} that have no planned weight.")
     if len(weights) < 2:
         return failed(ErrorCode.INVALID_WEIGHTS, "An SRM check needs at least two arms with planned weights.")
-    if any(not math.isfinite(w) or w <= 0 for w in weights.values()):
+    if any(not math.isfinite(w) or w <= 0 for w in weight_values):
         return failed(ErrorCode.INVALID_WEIGHTS, "Every planned weight must be a positive number.")
     if any(c < 0 for c in counts.values()):
         return failed(ErrorCode.INVALID_STATISTIC, "Unit counts cannot be negative.")
     total = sum(counts.values())
     if total == 0:
         return failed(ErrorCode.NO_UNITS, "No units have been assigned yet.")
-    weight_sum = sum(weights.values())
-    expected = {arm: total * w / weight_sum for arm, w in weights.items()}
-    statistic = sum((counts[arm] - e) ** 2 / e for arm, e in expected.items())
+    weight_sum = sum(weight_values)
+    expected = {arm: total * w / weight_sum for arm, w in zip(weights, weight_values)}
+    if not all(math.isfinite(e) and e > 0 for e in expected.values()):
+        return failed(ErrorCode.INVALID_WEIGHTS, "The weights are too far apart (or the counts too large) for "
+                                                 "floating point; give weights on a similar scale.")
+    statistic = sum((counts[arm] - e) * (counts[arm] - e) / e for arm, e in expected.items())
     df = len(weights) - 1
     return SrmResult(threshold=threshold, observed=counts, expected=expected, statistic=finite_or_none(statistic),
                      df=df, p_value=finite_or_none(special.chdtrc(df, statistic)))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from experiments.stats.results import ErrorCode
+from experiments.stats.results import OUT_OF_RANGE, ErrorCode
 
 Problem = tuple[ErrorCode, str] | None
 
@@ -37,9 +37,23 @@ def _variance(n: int, total: float, squares: float) -> float:
     return 0.0 if value < 0 and -value <= _ROUNDING * max(abs(squares), 1.0) / max(n - 1, 1) else value
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except (OverflowError, TypeError):     # an int beyond float range, or not a number at all
+        return False
+
+
+def _out_of_range(*values: float) -> Problem:
+    """Derived numbers (a variance from 1e200 sums) can overflow even when every sum is finite."""
+    if all(_finite(v) for v in values):
+        return None
+    return ErrorCode.INVALID_STATISTIC, OUT_OF_RANGE
+
+
 def _basic_problem(name: str, n: float, *values: float) -> Problem:
-    if not all(math.isfinite(v) for v in (n, *values)):
-        return ErrorCode.INVALID_STATISTIC, f"{name} contains a non-finite number."
+    if not all(_finite(v) for v in (n, *values)):
+        return ErrorCode.INVALID_STATISTIC, f"{name} contains a non-finite number; send finite sums."
     if n < 0 or n != int(n):
         return ErrorCode.INVALID_STATISTIC, f"{name} has n={n}; n must be a whole number >= 0."
     if n == 0:
@@ -76,6 +90,8 @@ class SampleMean:
         basic = _basic_problem("SampleMean", self.n, self.sum, self.sum_squares)
         if basic:
             return basic
+        if _out_of_range(self.mean, self.variance):
+            return _out_of_range(self.mean, self.variance)
         if self.variance < 0:
             return ErrorCode.INVALID_STATISTIC, "sum_squares is smaller than sum^2/n, which no data can give."
         return None
@@ -156,7 +172,7 @@ class RatioStatistic:
         if self.n < 2 or self.d_sum == 0:
             return 0.0
         r, mu_d = self.ratio, self.d_sum / self.n
-        value = (self.numerator.variance - 2 * r * self.covariance + r * r * self.denominator.variance) / mu_d**2
+        value = (self.numerator.variance - 2 * r * self.covariance + r * r * self.denominator.variance) / (mu_d * mu_d)
         return max(value, 0.0)  # exact linearised variance is >= 0; a tiny negative is rounding
 
     @property
@@ -170,6 +186,9 @@ class RatioStatistic:
             return basic
         if self.d_sum == 0:
             return ErrorCode.ZERO_DENOMINATOR, "the denominator sum is 0, so the ratio is undefined."
+        if _out_of_range(self.ratio, self.numerator.variance, self.denominator.variance, self.covariance,
+                         self.unit_variance):
+            return ErrorCode.INVALID_STATISTIC, OUT_OF_RANGE
         if self.numerator.variance < 0 or self.denominator.variance < 0:
             return ErrorCode.INVALID_STATISTIC, "a sum of squares is smaller than sum^2/n, which no data can give."
         return None
@@ -203,6 +222,8 @@ class CupedStatistic:
                                self.x_sum_squares, self.xy_sum)
         if basic:
             return basic
+        if _out_of_range(self.post.mean, self.post.variance, self.pre.mean, self.pre.variance, self.covariance):
+            return ErrorCode.INVALID_STATISTIC, OUT_OF_RANGE
         if self.post.variance < 0 or self.pre.variance < 0:
             return ErrorCode.INVALID_STATISTIC, "a sum of squares is smaller than sum^2/n, which no data can give."
         return None

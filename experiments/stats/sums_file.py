@@ -7,6 +7,7 @@ an `invalid_statistic` result for that metric, like any other data problem. Form
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -43,9 +44,15 @@ class SumsDocument:
     weights: dict[str, float] | None = None
 
 
+def _json_type(value) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null", int: "number",
+             float: "number"}
+    return names.get(type(value), type(value).__name__)
+
+
 def _object(value, path: str) -> dict:
     if not isinstance(value, dict):
-        raise SumsFormatError(path, f"expected a JSON object, found {type(value).__name__}.")
+        raise SumsFormatError(path, f"expected a JSON object, found {_json_type(value)}.")
     return value
 
 
@@ -55,14 +62,29 @@ def _unknown(obj: dict, allowed: set[str], path: str) -> None:
         raise SumsFormatError(f"{path}.{extra[0]}", f"unknown key; allowed keys are {sorted(allowed)}.")
 
 
+def _show(value) -> str:
+    """A JSON value as the user wrote it, cut short: a huge object or number must not flood the terminal."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**60:
+        return f"an integer of {len(str(abs(value)))} digits"
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _number(value, path: str, *, whole: bool = False, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SumsFormatError(path, f"expected a finite number, found {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SumsFormatError(path, f"expected a number, found {_json_type(value)} {_show(value)}.")
+    try:
+        as_float = float(value)
+    except OverflowError:     # a JSON integer beyond float range
+        as_float = math.inf
+    if not math.isfinite(as_float):
+        raise SumsFormatError(path, f"expected a finite number within float range, found {_show(value)}.")
+    value = as_float if isinstance(value, float) else value
     if whole and (value != int(value) or value < 0):
-        raise SumsFormatError(path, f"expected a whole number >= 0, found {value!r}.")
+        raise SumsFormatError(path, f"expected a whole number >= 0, found {_show(value)}.")
     if positive and value <= 0:
-        raise SumsFormatError(path, f"expected a positive number, found {value!r}.")
-    return int(value) if whole else float(value)
+        raise SumsFormatError(path, f"expected a positive number, found {_show(value)}.")
+    return int(value) if whole else as_float
 
 
 def _statistic(kind: str, value, path: str):
@@ -76,6 +98,13 @@ def _statistic(kind: str, value, path: str):
     return KINDS[kind](*values)
 
 
+def _choice(value, choices, path: str) -> str:
+    # isinstance first: a list or an object is unhashable, and `in` on a set would raise TypeError
+    if not isinstance(value, str) or value not in choices:
+        raise SumsFormatError(path, f"expected one of {sorted(choices)}, found {_show(value)}.")
+    return value
+
+
 def _settings(value, path: str) -> AnalysisSettings:
     obj = _object(value, path)
     _unknown(obj, set(SETTINGS), path)
@@ -86,15 +115,20 @@ def _settings(value, path: str) -> AnalysisSettings:
         item = obj[key]
         if kind is bool:
             if not isinstance(item, bool):
-                raise SumsFormatError(f"{path}.{key}", f"expected true or false, found {item!r}.")
+                raise SumsFormatError(f"{path}.{key}", f"expected true or false, found {_show(item)}.")
         elif kind is str:
-            if item not in correction.METHODS:
-                raise SumsFormatError(f"{path}.{key}", f"expected one of {sorted(correction.METHODS)}, found {item!r}.")
+            item = _choice(item, correction.METHODS, f"{path}.{key}")
         else:
             item = _number(item, f"{path}.{key}", positive=True)
+            if key == "tuning" and item < 1:
+                raise SumsFormatError(f"{path}.{key}", f"expected the planned total units (>= 1), found {item!r}.")
             if key != "tuning" and not item < 1:
                 raise SumsFormatError(f"{path}.{key}", f"expected a number between 0 and 1, found {item!r}.")
         out[key] = item
+    alpha = out.get("alpha", AnalysisSettings.alpha)
+    if not alpha < out.get("power", AnalysisSettings.power):
+        raise SumsFormatError(f"{path}.power", f"expected a power above alpha ({alpha:g}) and below 1, found "
+                                               f"{out.get('power', AnalysisSettings.power)!r}.")
     return AnalysisSettings(**out)
 
 
@@ -109,8 +143,8 @@ def parse_sums(document) -> SumsDocument:
     """Build the analysis inputs from a decoded JSON document, or raise SumsFormatError."""
     root = _object(document, "$")
     _unknown(root, TOP_LEVEL, "$")
-    if root.get("format", 1) != 1:
-        raise SumsFormatError("$.format", f"only format 1 is understood, found {root['format']!r}.")
+    if "format" in root and (isinstance(root["format"], bool) or root["format"] != 1):
+        raise SumsFormatError("$.format", f"only format 1 is understood, found {_show(root['format'])}.")
     control = root.get("control")
     if not isinstance(control, str) or not control:
         raise SumsFormatError("$.control", "expected the control arm's name as a non-empty string.")
@@ -128,14 +162,12 @@ def parse_sums(document) -> SumsDocument:
         path = f"$.metrics.{name}"
         obj = _object(raw, path)
         _unknown(obj, METRIC_KEYS, path)
-        kind = obj.get("kind")
-        if kind not in FIELDS:
-            raise SumsFormatError(f"{path}.kind", f"expected one of {sorted(FIELDS)}, found {kind!r}.")
+        kind = _choice(obj.get("kind"), FIELDS, f"{path}.kind")
         flags = {}
         for flag in ("relative", "higher_is_better"):
             if flag in obj:
                 if not isinstance(obj[flag], bool):
-                    raise SumsFormatError(f"{path}.{flag}", f"expected true or false, found {obj[flag]!r}.")
+                    raise SumsFormatError(f"{path}.{flag}", f"expected true or false, found {_show(obj[flag])}.")
                 flags[flag] = obj[flag]
         arms = _object(obj.get("arms"), f"{path}.arms")
         metrics[name] = {arm: _statistic(kind, stat, f"{path}.arms.{arm}") for arm, stat in arms.items()}

@@ -15,8 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from dashboards.pages import render_report
-from dashboards.text import render_text
+from dashboards.designs import render_page as render_report
+from dashboards.designs import render_text
 from experiments.errors import InputError
 from experiments.loader import SUFFIXES, load_file
 from gateway.settings import Settings
@@ -67,7 +67,9 @@ def find_experiment(folder: str, name: str):
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from experiments.report import build_report  # scipy and chdb: paid only by the command that needs them
+    from experiments.report import (
+        build_report,  # scipy and chdb: paid only by the command that needs them
+    )
     from gateway.eventlog import store
 
     experiment = find_experiment(experiments_dir(args.experiments), args.experiment)
