@@ -97,3 +97,40 @@ ENGINE = Distributed(abgate, abgate, offline_eval_queries_local, cityHash64(run_
 CREATE VIEW IF NOT EXISTS abgate.impressions_unique ON CLUSTER abgate AS SELECT * FROM abgate.impressions FINAL;
 
 CREATE VIEW IF NOT EXISTS abgate.feedback_unique ON CLUSTER abgate AS SELECT * FROM abgate.feedback FINAL;
+
+CREATE TABLE IF NOT EXISTS abgate.interleavings_local ON CLUSTER abgate (
+    impression_id String,
+    ts DateTime64(3, 'UTC'),
+    experiment LowCardinality(String),
+    unit_id String,
+    arms Array(LowCardinality(String)),
+    teams Array(UInt8),
+    rankings Array(Array(String)),
+    seed UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/abgate/interleavings_local', '{replica}')
+PARTITION BY toYYYYMM(ts)
+ORDER BY (experiment, unit_id, impression_id)
+TTL toDateTime(ts) + toIntervalDay(400);
+
+CREATE TABLE IF NOT EXISTS abgate.interleavings ON CLUSTER abgate AS abgate.interleavings_local
+ENGINE = Distributed(abgate, abgate, interleavings_local, cityHash64(unit_id));
+
+CREATE TABLE IF NOT EXISTS abgate.shadow_results_local ON CLUSTER abgate (
+    impression_id String,
+    ts DateTime64(3, 'UTC'),
+    experiment LowCardinality(String),
+    arm LowCardinality(String),
+    unit_id String,
+    doc_ids Array(String),
+    scores Array(Float64),
+    latency_ms Float64,
+    error String
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/abgate/shadow_results_local', '{replica}')
+PARTITION BY toYYYYMM(ts)
+ORDER BY (experiment, arm, impression_id)
+TTL toDateTime(ts) + toIntervalDay(400);
+
+CREATE TABLE IF NOT EXISTS abgate.shadow_results ON CLUSTER abgate AS abgate.shadow_results_local
+ENGINE = Distributed(abgate, abgate, shadow_results_local, cityHash64(unit_id));

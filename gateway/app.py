@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -22,11 +22,15 @@ from experiments.errors import AbgateError
 from gateway import logging as gateway_logging
 from gateway.eventlog import store
 from gateway.eventlog.writer import EventWriter
-from gateway.impressions import ImpressionCache, StoredImpressions
+from gateway.impression_ids import ImpressionSigner, parse_keys
 from gateway.prometheus import GatewayMetrics
 from gateway.routes import CONTROLLERS
+from gateway.routes.body import JsonRequest
+from gateway.routes.access import read_surface_open, require_viewer
 from gateway.routes.errors import EXCEPTION_HANDLERS
 from gateway.runtime import Runtime
+from gateway.designs import ShadowRunner
+from gateway.server import Lifecycle
 from gateway.service import EventSink, SearchService
 from gateway.settings import Settings
 
@@ -56,20 +60,24 @@ def _route_label(scope) -> str:
     return scope.get("path_template") or "unmatched"
 
 
-def create_app(settings: Settings | None = None) -> Litestar:
+def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = None) -> Litestar:
     settings = settings or Settings.from_env()
+    lifecycle = lifecycle or Lifecycle()
     gateway_logging.configure(settings.log_level)
     metrics = GatewayMetrics()
     runtime = Runtime(settings, on_batch=metrics.batch_size.observe)
     events = EventSink()
-    service = SearchService(runtime, ImpressionCache(settings.impression_ttl_s, settings.impression_cache_size),
-                            events, metrics, impression_ttl_s=settings.impression_ttl_s)
+    shadow = ShadowRunner(events.submit, runtime.queue_depth, on_outcome=metrics.shadow.labels_inc)
+    signer = ImpressionSigner(parse_keys(settings.impression_keys), ttl_s=settings.impression_ttl_s)
+    service = SearchService(runtime, signer, events, metrics, shadow=shadow)
     res = Resources(settings, metrics, runtime, events, service)
-    dashboard = DashboardSource(runtime.experiments, lambda: store.connect(settings.dsn or store.default_dsn()))
+    dashboard = DashboardSource(runtime.experiments, lambda: store.connect(settings.dsn or store.default_dsn()),
+                                ttl_s=settings.report_ttl_s)
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
         await runtime.start()
+        shadow.start()
         if settings.log_events:
             loop = asyncio.get_running_loop()
             events.writer = await loop.run_in_executor(None, _writer, settings)
@@ -78,19 +86,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if not await loop.run_in_executor(None, events.writer.wait_connected, STORE_START_WAIT_S):
                 log.warning("event store not connected at start; events wait in the spool",
                             error=events.writer.stats()["last_error"])
-            service.stored = StoredImpressions(events.writer, service.impressions, flush_s=settings.events_flush_s)
         metrics.watch(lambda: events.writer.stats() if events.writer is not None else {}, runtime.queue_depth,
                       runtime.query_cache_stats)
+        if read_surface_open(settings):
+            log.warning("dashboards, report.json and experiment details are open without a key: no viewer or "
+                        "admin key is set and the gateway listens on loopback only")
+        if signer.ephemeral:
+            log.warning("no ABGATE_IMPRESSION_KEYS: impression ids are signed with a random key of this process, "
+                        "so feedback verifies only here and only until a restart; set the keys with more than "
+                        "one replica (docs/gateway.md)")
         _on_sighup(res)
         log.info("gateway ready", layer=settings.layer, events="on" if events.on else "off",
                  max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms)
         try:
             yield
         finally:
+            await shadow.close()
             await runtime.close()
             dashboard.close()
-            if service.stored is not None:
-                service.stored.close()
             if events.writer is not None:
                 await asyncio.get_running_loop().run_in_executor(None, events.writer.close)
 
@@ -100,19 +113,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
     def provide(value) -> Provide:
         return Provide(lambda: value, use_cache=True, sync_to_thread=False)
 
-    return Litestar(
-        route_handlers=[*CONTROLLERS, dashboard_router],
+    app = Litestar(
+        route_handlers=[*CONTROLLERS, Router("/", route_handlers=[dashboard_router], guards=[require_viewer])],
         dependencies={"settings": provide(settings), "metrics": provide(metrics), "runtime": provide(runtime),
-                      "events": provide(events), "service": provide(service)},
+                      "events": provide(events), "service": provide(service),
+                      "lifecycle": provide(lifecycle)},
         lifespan=[lifespan],
         state=State({"settings": settings, DASHBOARD_SOURCE: dashboard}),
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[gateway_logging.request_id_middleware(settings.access_log, count)],
+        request_class=JsonRequest,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="abgate", version="0.1.0", path="/docs",
                                      render_plugins=[SwaggerRenderPlugin(), ScalarRenderPlugin(path="/scalar")]),
         logging_config=None,
     )
+    # Around Litestar's whole handler, not in `middleware=`: that runs only for matched routes, so a 404 or 405
+    # had no request id and was not counted. The route label is then "unmatched" (_route_label).
+    app.asgi_handler = gateway_logging.request_id_middleware(settings.access_log, count)(app.asgi_handler)
+    return app
 
 
 def _on_sighup(res: Resources) -> None:

@@ -72,6 +72,9 @@ class GatewayMetrics:
         self.search_latency = Histogram("abgate_search_latency_seconds", "Search latency", ["experiment", "arm"],
                                         buckets=LATENCY_BUCKETS, registry=self.registry)
         self.feedback = Counter("abgate_feedback", "Feedback accepted", ["type"], registry=self.registry)
+        self.shadow = _OutcomeCounter(Counter("abgate_shadow_jobs", "Shadow jobs by outcome (queued, done, errors, "
+                                              "dropped: queue full or users busy too long)", ["outcome"],
+                                              registry=self.registry))
         self.batch_size = Histogram("abgate_microbatch_size", "Queries per ONNX call", buckets=BATCH_BUCKETS,
                                     registry=self.registry)
 
@@ -85,3 +88,13 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _OutcomeCounter:
+    """A labelled counter callable with the outcome alone (what ShadowRunner reports)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    def labels_inc(self, outcome: str) -> None:
+        self.counter.labels(outcome).inc()

@@ -161,6 +161,10 @@ class Runtime:
         """The unit's assignment and its arm's loaded artifacts, from one consistent Serving."""
         return self.serving.route(unit_id)
 
+    def arm_runtime(self, arm: Arm) -> "ArmRuntime":
+        """The loaded artifacts of an arm of the current Serving (KeyError once a reload dropped it)."""
+        return self.serving.arms[self.arm_key_static(arm)]
+
     def experiments(self) -> dict[str, Experiment]:
         """The loaded experiments by name (empty before the first load)."""
         serving = self.serving

@@ -3,7 +3,8 @@
     search:   route the unit -> its arm's micro-batcher (encode + FAISS) -> filters, score threshold, top k
               -> remember the impression (feedback checks) -> log it -> count it
     feedback: find the served impression (this process's cache, else the event log) -> check the document and
-              its position -> log the event, with experiment, arm and unit copied from the impression
+              its position -> log the event, with experiment, arm and unit copied from the impression, under an
+              id that makes a client's retry collapse in the store (see `feedback_id`)
 
 Errors are domain errors (experiments/errors.py's tree plus the three below); gateway/routes/errors.py maps
 each to its HTTP answer in one place.
@@ -12,18 +13,49 @@ each to its HTTP answer in one place.
 from __future__ import annotations
 
 import time
+import unicodedata
 from dataclasses import dataclass
 
 from experiments.errors import AbgateError, InputError
 from gateway.batcher import BatcherClosed
-from gateway.eventlog.events import Event, Feedback, Impression, new_event_id, utcnow
-from gateway.impressions import (ImpressionCache, ImpressionExpired, ImpressionNotFound, ImpressionUnverifiable,
-                                 ServedImpression, StoredImpressions)
+from gateway.designs import (
+    INTERLEAVED_ARM,
+    ShadowRunner,
+    design_of,
+    interleaved,
+    ranked,
+    sampled,
+)
+from gateway.eventlog.events import (
+    Event,
+    Feedback,
+    Impression,
+    feedback_event_id,
+    new_event_id,
+    utcnow,
+)
+from gateway.impression_ids import (
+    ImpressionRejected,
+    ImpressionSigner,
+    ImpressionTooOld,
+    SignedImpression,
+)
 from gateway.prometheus import GatewayMetrics
 from gateway.runtime import Runtime
 from gateway.search import Hit
 
-FILTER_OVERSAMPLE = 10   # with filters, search k * 10 (at least 100) rows, then keep the k that match
+# Feedback that can happen once per impression and document: its id comes from (impression, type, doc), so
+# every copy of it is one row. A click is a distinct clicked document to every metric; a dwell is read as the
+# impression's longest dwell, so more than one row per document adds nothing.
+ONCE_PER_DOCUMENT = ("click", "dwell")
+# Characters that show nothing: control (NUL, ...), format (zero-width), surrogates and separators.
+_INVISIBLE = {"Cc", "Cf", "Cs", "Zs", "Zl", "Zp"}
+
+
+def shadow_share(experiment) -> float:
+    """The share of a shadow experiment's requests the candidate also answers (YAML `shadow.sample`)."""
+    value = getattr(experiment, "shadow_sample", None)
+    return 1.0 if value is None else float(value)
 
 
 class NotFound(InputError):
@@ -50,7 +82,7 @@ class SearchOutcome:
 @dataclass(frozen=True)
 class FeedbackOutcome:
     event_id: str
-    impression: ServedImpression
+    impression: SignedImpression
 
 
 class EventSink:
@@ -70,78 +102,89 @@ class EventSink:
 
 
 class SearchService:
-    def __init__(self, runtime: Runtime, impressions: ImpressionCache, events: EventSink, metrics: GatewayMetrics,
-                 stored: StoredImpressions | None = None, impression_ttl_s: float = 3600.0) -> None:
+    def __init__(self, runtime: Runtime, signer: ImpressionSigner, events: EventSink, metrics: GatewayMetrics,
+                 shadow: ShadowRunner | None = None) -> None:
         self.runtime = runtime
-        self.impressions = impressions
+        self.signer = signer
+        self.shadow = shadow
         self.events = events
         self.metrics = metrics
-        self.stored = stored
-        self.impression_ttl_s = impression_ttl_s
 
     async def search(self, query: str, unit_id: str, k: int | None = None,
                      filters: dict | None = None) -> SearchOutcome:
+        if not any(not ch.isspace() and unicodedata.category(ch) not in _INVISIBLE for ch in query):
+            raise InputError("query has no visible character (only whitespace or control characters): send the "
+                             "text to search for", field="query")
         started = time.perf_counter()
         assignment, arm_rt = self.runtime.route(unit_id)
-        arm = assignment.arm
-        k = k or arm.top_k
-        k_search = max(k * FILTER_OVERSAMPLE, 100) if filters else k
+        arm, experiment = assignment.arm, assignment.experiment
+        design = design_of(experiment) if assignment.enrolled else "ab"
+        if design == "shadow":  # every user gets the control; the candidates answer off the request path
+            arm = experiment.control_arm
+            arm_rt = self.runtime.arm_runtime(arm)
         try:
-            hits = await arm_rt.batcher.search(query, arm_rt.index, k_search)
-        except BatcherClosed:  # only if a reload unloaded this arm between routing and queueing: retry is safe
+            if design == "interleaving":
+                hits, merged, encoders, indexes = await interleaved(self.runtime, experiment, unit_id, query, k,
+                                                                    filters)
+                arm_name = INTERLEAVED_ARM
+            else:
+                hits = await ranked(arm_rt, query, k or arm.top_k, filters)
+                merged, arm_name = None, arm.name
+                encoders, indexes = arm_rt.encoder.checksum, arm_rt.index.checksum
+        except (BatcherClosed, KeyError):  # a reload unloaded an arm between routing and queueing: retry is safe
             raise Unavailable("the experiments were reloaded while this request was routed; retry it") from None
-        if filters:
-            hits = [h for h in hits if all(h.metadata.get(f) == v for f, v in filters.items())]
-        if arm.score_threshold is not None:
-            hits = [h for h in hits if h.score >= arm.score_threshold]
-        hits = [Hit(h.doc_id, h.score, position, h.metadata) for position, h in enumerate(hits[:k], 1)]
         seconds = time.perf_counter() - started
-        experiment = assignment.experiment_name or ""
-        impression_id = new_event_id()
+        name = assignment.experiment_name or ""
         doc_ids = [h.doc_id for h in hits]
-        self.impressions.add(impression_id, experiment, arm.name, unit_id, doc_ids)
-        self.events.submit(Impression(impression_id, utcnow(), experiment, arm.name, unit_id, assignment.enrolled,
+        impression_id = self.signer.sign(name, arm_name, unit_id, doc_ids)
+        self.events.submit(Impression(impression_id, utcnow(), name, arm_name, unit_id, assignment.enrolled,
                                       query, doc_ids, [h.score for h in hits], round(seconds * 1000, 3),
-                                      arm_rt.encoder.checksum, arm_rt.index.checksum))
-        self.metrics.observe_search(experiment, arm.name, seconds)
-        return SearchOutcome(impression_id, assignment.experiment_name, arm.name, hits)
+                                      encoders, indexes))
+        if merged is not None:
+            self.events.submit(merged.logged(impression_id))
+        if design == "shadow" and self.shadow is not None and sampled(impression_id, shadow_share(experiment)):
+            self.shadow.offer(self.shadow.job(self.runtime, experiment, impression_id, unit_id, query,
+                                              k or arm.top_k, filters))
+        self.metrics.observe_search(name, arm_name, seconds)
+        return SearchOutcome(impression_id, assignment.experiment_name, arm_name, hits)
 
     async def feedback(self, impression_id: str, type: str, doc_id: str, position: int,
-                       value: float | None = None) -> FeedbackOutcome:
-        served = await self.served_impression(impression_id)
-        if doc_id not in served.doc_ids:
+                       value: float | None = None, idempotency_key: str | None = None) -> FeedbackOutcome:
+        served = self.served_impression(impression_id)
+        if not served.shown(doc_id, position):
+            elsewhere = next((p for p in range(1, served.count + 1) if served.shown(doc_id, p)), None)
+            if elsewhere is not None:
+                raise InputError(f"doc {doc_id!r} was shown at position {elsewhere}, not {position}",
+                                 field="position")
             raise InputError("this document was not shown in the impression: send a doc_id from its results",
                              field="doc_id")
-        shown_at = served.doc_ids.index(doc_id) + 1
-        if shown_at != position:
-            raise InputError(f"doc {doc_id!r} was shown at position {shown_at}, not {position}", field="position")
         if type == "dwell" and value is None:
             raise InputError("dwell feedback needs value: the seconds spent on the document", field="value")
         value = 1.0 if type == "click" else (value if value is not None else 1.0)
-        event_id = new_event_id()
+        event_id = feedback_id(served.impression_id, type, doc_id, idempotency_key)
         self.events.submit(Feedback(event_id, served.impression_id, utcnow(), served.experiment, served.arm,
                                     served.unit_id, type, doc_id, position, float(value)))
         self.metrics.feedback.labels(type).inc()
         return FeedbackOutcome(event_id, served)
 
-    async def served_impression(self, impression_id: str) -> ServedImpression:
-        """This process's cache, else the event log (gateway/impressions.py): 404 nowhere, 410 too old, 503 when
-        the store cannot be asked right now."""
+    def served_impression(self, impression_id: str) -> SignedImpression:
+        """The facts the signed id carries (gateway/impression_ids.py): a signature check, no memory or store
+        lookup, so any replica answers; 404 when the signature fails, 410 when older than the ttl."""
         try:
-            try:
-                return self.impressions.get(impression_id)
-            except ImpressionNotFound:
-                if self.stored is None:  # event logging off: the cache is all there is
-                    raise
-                return await self.stored.get(impression_id)
-        except ImpressionNotFound:
-            raise NotFound("unknown impression id: not among this gateway's recent impressions nor in the event "
-                           "log. Send feedback only for impression ids returned by /v1/search; one served a "
-                           "moment ago by another gateway process may not be logged yet: retry in a few seconds",
-                           field="impression_id") from None
-        except ImpressionExpired:
-            raise Gone(f"this impression is older than {self.impression_ttl_s:g} seconds; feedback for it is no "
+            return self.signer.verify(impression_id)
+        except ImpressionRejected:
+            raise NotFound("unknown impression id: this gateway did not sign it (send feedback only for ids "
+                           "returned by /v1/search, unchanged)", field="impression_id") from None
+        except ImpressionTooOld:
+            raise Gone(f"this impression is older than {self.signer.ttl_s:g} seconds; feedback for it is no "
                        "longer accepted", field="impression_id") from None
-        except ImpressionUnverifiable as exc:
-            raise Unavailable(f"cannot check this impression right now ({exc}); retry in a few seconds",
-                              field="impression_id") from None
+
+
+def feedback_id(impression_id: str, type: str, doc_id: str, idempotency_key: str | None) -> str:
+    """A click or dwell: one id per (impression, type, doc), the key ignored. A conversion can legitimately
+    repeat, so without a key each one is new; with one, its retries share an id (docs/event-log.md)."""
+    if type in ONCE_PER_DOCUMENT:
+        return feedback_event_id(impression_id, type, doc_id)
+    if idempotency_key is not None:
+        return feedback_event_id(impression_id, type, doc_id, idempotency_key)
+    return new_event_id()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from experiments.errors import InputError
+from gateway.impression_ids import parse_keys
 
 # Request limits (documented in docs/gateway.md). The query and k limits are in the request schema
 # (gateway/routes/schemas.py) so that they show in the OpenAPI document; the body limit is a setting.
@@ -43,10 +44,23 @@ class Settings:
     spool_dir: str = ".abgate/spool"
     events_flush_s: float = 1.0           # longest an event waits before an insert: fewer, larger ClickHouse parts
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    impression_ttl_s: float = 3600.0
-    impression_cache_size: int = 1_000_000
+    impression_ttl_s: float = 3600.0      # feedback is accepted this long after its search
+    # ID:SECRET[,ID:SECRET]: the keys that sign impression ids (the first signs, all verify); None: a random key
+    # per process, so feedback verifies only on the process that served it (gateway/impression_ids.py)
+    impression_keys: str | None = None
     query_cache: int = 0                  # query embeddings kept (LRU, gateway/query_cache.py); 0 = off
     admin_api_key: str | None = None
+    # Dashboards, report.json and experiment details need this key (or the admin key) in X-API-Key; with no key
+    # set they are open only on a loopback host (gateway/routes/access.py)
+    viewer_api_key: str | None = None
+    report_ttl_s: float = 60.0            # a report is rebuilt at most this often; concurrent GETs share one build
+    # Connection limits (gateway/server.py): slow or oversized requests are cut off before they hold a worker
+    max_connections: int = 1024           # connections and tasks at once; beyond: 503
+    header_timeout_s: float = 10.0        # request line + headers must arrive within this
+    body_timeout_s: float = 30.0          # the body within this after the headers
+    max_header_bytes: int = 16 * 1024     # beyond: 431
+    keep_alive_s: float = 5.0             # idle keep-alive connections are closed after this
+    drain_s: float = 2.0                  # SIGTERM: readyz 503 and keep serving this long, then stop
     access_log: bool = True
     log_level: str = "info"
 
@@ -78,12 +92,22 @@ class Settings:
             raise bad("max_body_bytes", "must be between 1 KiB and 16 MiB")
         if not 0.05 <= self.events_flush_s <= 60:
             raise bad("events_flush_s", "must be between 0.05 and 60 seconds")
-        if self.impression_ttl_s <= 0 or self.impression_cache_size < 1:
-            raise bad("impression_ttl_s", "impression_ttl_s and impression_cache_size must be positive")
+        if self.impression_ttl_s <= 0:
+            raise bad("impression_ttl_s", "impression_ttl_s must be a positive number of seconds")
+        parse_keys(self.impression_keys)  # InputError naming impression_keys
         if self.query_cache < 0:
             raise bad("query_cache", "must be >= 0 (query embeddings to keep; 0 turns the cache off)")
         if (self.default_encoder is None) != (self.default_index is None):
             raise bad("default_encoder", "default_encoder and default_index go together: set both or neither")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "report_ttl_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise bad(name, "must be between 0 and 3600 seconds")
+        if not 0 <= self.drain_s <= 300:
+            raise bad("drain_s", "must be between 0 and 300 seconds")
+        if not 1 <= self.max_connections <= 1_000_000:
+            raise bad("max_connections", "must be between 1 and 1,000,000")
+        if not 1024 <= self.max_header_bytes <= 1024 * 1024:
+            raise bad("max_header_bytes", "must be between 1 KiB and 1 MiB")
         if not 0 < self.port < 65536:
             raise bad("port", f"is {self.port}; use a TCP port between 1 and 65535")
         return self

@@ -62,40 +62,6 @@ def test_micro_batcher_splits_the_work_fairly_between_workers(baseline_encoder, 
         assert sizes == expected, (workers, sizes)
 
 
-def test_impression_cache_expires_and_evicts():
-    from gateway.impressions import ImpressionCache, ImpressionExpired, ImpressionNotFound
-
-    now = [0.0]
-    cache = ImpressionCache(ttl=10, max_entries=3, clock=lambda: now[0])
-    cache.add("a", "exp", "arm", "u", ["d1", "d2"])
-    assert cache.get("a").doc_ids == ("d1", "d2")
-    now[0] = 11
-    with pytest.raises(ImpressionExpired):
-        cache.get("a")
-    for name in "bcd":
-        cache.add(name, "exp", "arm", "u", [])
-    with pytest.raises(ImpressionNotFound):  # the oldest went when the cache was full
-        cache.get("a")
-    now[0] = 40  # long past the ttl: forgotten on the next add
-    cache.add("e", "exp", "arm", "u", [])
-    assert len(cache) == 1
-
-
-def test_impression_cache_entries_are_invisible_to_the_garbage_collector():
-    """A million GC-tracked entries make every full collection a long event-loop pause (gateway/impressions.py)."""
-    import gc
-
-    from gateway.impressions import ImpressionCache
-
-    cache = ImpressionCache()
-    for i in range(1000):
-        cache.add(f"id{i}", "exp", "arm", f"u{i}", [f"d{j}" for j in range(10)])
-    gc.collect()
-    gc.collect()  # a tuple is untracked once its items are: the inner doc-id tuples go first
-    assert not any(gc.is_tracked(entry) for entry in cache._entries.values())
-    assert cache.get("id7").unit_id == "u7" and cache.get("id7").doc_ids[-1] == "d9"
-
-
 def test_settings_from_environment_and_flags():
     from experiments.errors import InputError
     from gateway.settings import Settings

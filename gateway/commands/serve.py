@@ -75,16 +75,24 @@ def run(args: argparse.Namespace) -> int:
                 {"file": e.file, "line": e.line, "field": e.field, "error": e.message} for e in exc.errors]}))
         return 2
     if args.check:
-        summary = {"settings": {k: v for k, v in vars(settings).items() if k != "admin_api_key"},
+        secret = {"admin_api_key", "viewer_api_key", "impression_keys", "dsn"}
+        summary = {"settings": {k: ("(set)" if v and k in secret else v) for k, v in vars(settings).items()},
                    "experiments": sorted(loaded.experiments)}
         print(json.dumps(summary, indent=2) if args.json else
               f"ok: {len(loaded.experiments)} experiment(s) in {settings.experiments_dir}, layer {settings.layer}")
         return 0
-    import uvicorn
+    import logging
 
+    import structlog
+    from gateway import logging as gateway_logging
     from gateway.app import create_app
+    from gateway.server import Lifecycle, serve
 
-    print(f"abgate: serving on http://{settings.host}:{settings.port} (docs at /docs)", file=sys.stderr)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="warning",
-                access_log=False, lifespan="on")
+    lifecycle = Lifecycle()
+    app = create_app(settings, lifecycle)  # configures structlog's JSON lines
+    logging.captureWarnings(True)  # Python warnings as log records, so they are JSON lines too
+    structlog.get_logger("abgate.serve").info("serving", url=f"http://{settings.host}:{settings.port}", docs="/docs")
+    # uvicorn applies a log_config of its own at start; its default has plain-text handlers, whose warnings and
+    # "Exception in ASGI application" tracebacks would break the JSON lines on stderr.
+    serve(app, settings, lifecycle, gateway_logging.stdlib_config(settings.log_level))
     return 0

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--metric", default="ctr", choices=("ctr", "click_share", "mrr"),
                    help="the online metric tested (default ctr); compare them to pick a sensitive primary")
     v.add_argument("--target", type=float, default=0.8, help="power that counts as enough")
+    v.add_argument("--design", default="ab", choices=("ab", "interleaving"),
+                   help="ab: each user sees one arm, tested on --metric; interleaving: each user sees a team-draft "
+                        "merge of both, tested on the unit preference (docs/interleaving.md)")
     v.add_argument("--tuning", type=float, default=5_000, help="the sequential test's tuning (total units)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--mean-visits", type=float, default=3.0)
@@ -115,22 +119,36 @@ def _rankings(path: str) -> dict[str, list[str]]:
 
 def simulate_volume(args: argparse.Namespace) -> int:
     from gateway.simulation.users import ClickModel, Population, load_judgments
-    from gateway.simulation.volume import click_matrix, study, volume_needed
+    from gateway.simulation.volume import (click_matrix, interleaved_queries, study, study_interleaving,
+                                           volume_needed)
 
     judgments = load_judgments(args.data, args.split)
     model = ClickModel()
-    probs = [click_matrix(_rankings(p), judgments, model) for p in (args.control, args.treatment)]
+    rankings = [_rankings(p) for p in (args.control, args.treatment)]
+    probs = [click_matrix(r, judgments, model) for r in rankings]
     population = Population(mean_visits=args.mean_visits, mean_searches=args.mean_searches)
+    merged = interleaved_queries(*rankings, judgments, model, seed=args.seed) if args.design == "interleaving" \
+        else None
+    what = "unit preference" if merged is not None else args.metric
     points = []
-    for users in args.users:
-        points += study(*probs, [users], reps=args.reps, population=population, model=model,
-                        tuning=args.tuning, seed=args.seed, metric=args.metric)
+    started = time.perf_counter()
+    for i, users in enumerate(args.users, 1):
+        if merged is not None:
+            points += study_interleaving(merged, [users], reps=args.reps, population=population, model=model,
+                                         tuning=args.tuning, seed=args.seed)
+        else:
+            points += study(*probs, [users], reps=args.reps, population=population, model=model,
+                            tuning=args.tuning, seed=args.seed, metric=args.metric)
         p = points[-1]
-        print(f"simulate-volume: {args.metric}, {users} users: power {p.power_sequential:.2f} (sequential), "
-              f"{p.power_fixed:.2f} (fixed horizon), wrong-way {p.wrong_sequential:.3f}", file=sys.stderr)
+        elapsed = time.perf_counter() - started
+        eta = elapsed / sum(args.users[:i]) * sum(args.users[i:])
+        print(f"simulate-volume: {args.design}, {what}, {users} users: power {p.power_sequential:.2f} "
+              f"(sequential), {p.power_fixed:.2f} (fixed horizon), wrong-way {p.wrong_sequential:.3f}; "
+              f"{i}/{len(args.users)} volumes, ETA {eta:.0f} s", file=sys.stderr)
     needed = volume_needed(points, args.target)
-    result = {"metric": args.metric, "tuning": args.tuning, "points": [p.as_dict() for p in points],
-              "target_power": args.target, "users_needed": needed,
+    result = {"design": args.design, "metric": what, "tuning": args.tuning,
+              "points": [p.as_dict() for p in points], "target_power": args.target, "users_needed": needed,
+              "users_for_power": {"0.8": volume_needed(points, 0.8), "0.9": volume_needed(points, 0.9)},
               "expected_ctr": {"control": round(float(probs[0].sum(1).mean()), 4),
                                "treatment": round(float(probs[1].sum(1).mean()), 4)}}
     if args.json:

@@ -9,6 +9,8 @@ so the ReplacingMergeTree tables collapse it (see docs/event-log.md).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 from operator import attrgetter
 from datetime import datetime, timezone
@@ -32,7 +34,7 @@ class Impression(msgspec.Struct, frozen=True):
 
 
 class Feedback(msgspec.Struct, frozen=True):
-    event_id: str           # dedup key
+    event_id: str           # dedup key; derived from the event for a replay to collapse (feedback_event_id)
     impression_id: str
     ts: datetime
     experiment: str         # copied from the impression by the gateway
@@ -44,7 +46,33 @@ class Feedback(msgspec.Struct, frozen=True):
     value: float            # dwell seconds, conversion value; 1.0 for a click
 
 
-Event = Impression | Feedback
+class Interleaving(msgspec.Struct, frozen=True):
+    """Beside the Impression of an interleaved search (same id): the team of each shown position and every
+    arm's own ranking, so clicks are credited when the report is built and the merge can be replayed."""
+    impression_id: str
+    ts: datetime
+    experiment: str
+    unit_id: str
+    arms: list[str]          # team index -> arm name, control first
+    teams: list[int]         # per shown position (1..len): the index in `arms` of the arm that contributed it
+    rankings: list[list[str]]  # each arm's own top-k, in `arms` order
+    seed: int                # the coin flips' seed (gateway.interleaving.seed_of(impression_id))
+
+
+class ShadowResult(msgspec.Struct, frozen=True):
+    """A shadow experiment's candidate results for a served impression (same id); no user saw them."""
+    impression_id: str
+    ts: datetime
+    experiment: str
+    arm: str
+    unit_id: str
+    doc_ids: list[str]
+    scores: list[float]
+    latency_ms: float
+    error: str               # "" when the candidate answered
+
+
+Event = Impression | Feedback | Interleaving | ShadowResult
 
 FEEDBACK_TYPES = ("click", "dwell", "conversion")
 
@@ -53,13 +81,25 @@ IMPRESSION_COLUMNS = ("impression_id", "ts", "experiment", "arm", "unit_id", "en
                       "scores", "latency_ms", "encoder_checksum", "index_checksum")
 FEEDBACK_COLUMNS = ("event_id", "impression_id", "ts", "experiment", "arm", "unit_id", "type", "doc_id",
                     "position", "value")
-TABLES = {Impression: "impressions", Feedback: "feedback"}
-COLUMNS = {Impression: IMPRESSION_COLUMNS, Feedback: FEEDBACK_COLUMNS}
+INTERLEAVING_COLUMNS = ("impression_id", "ts", "experiment", "unit_id", "arms", "teams", "rankings", "seed")
+SHADOW_COLUMNS = ("impression_id", "ts", "experiment", "arm", "unit_id", "doc_ids", "scores", "latency_ms", "error")
+TABLES = {Impression: "impressions", Feedback: "feedback", Interleaving: "interleavings",
+          ShadowResult: "shadow_results"}
+COLUMNS = {Impression: IMPRESSION_COLUMNS, Feedback: FEEDBACK_COLUMNS, Interleaving: INTERLEAVING_COLUMNS,
+           ShadowResult: SHADOW_COLUMNS}
 
 
 def new_event_id() -> str:
     """An unguessable id (128 random bits): feedback can only name an impression the gateway really served."""
     return secrets.token_urlsafe(16)
+
+
+def feedback_event_id(impression_id: str, type: str, doc_id: str, idempotency_key: str | None = None) -> str:
+    """The id of a feedback event that must be stored once however often it is sent: a digest of what names it
+    (the impression, the type, the document, and the client's idempotency key when there is one), so a client's
+    retry gets the same id and the ReplacingMergeTree collapses it. Same length and alphabet as new_event_id."""
+    parts = msgspec.json.encode(["abgate-feedback-v1", impression_id, type, doc_id, idempotency_key])
+    return base64.urlsafe_b64encode(hashlib.sha256(parts).digest()[:16]).rstrip(b"=").decode()
 
 
 def utcnow() -> datetime:
@@ -73,6 +113,9 @@ def _arrow_types() -> dict[type, list]:
         Impression: [text, stamp, text, text, text, pa.bool_(), text, pa.list_(text), floats, pa.float64(),
                      text, text],
         Feedback: [text, text, stamp, text, text, text, text, text, pa.uint16(), pa.float64()],
+        Interleaving: [text, stamp, text, text, pa.list_(text), pa.list_(pa.uint8()), pa.list_(pa.list_(text)),
+                       pa.uint64()],
+        ShadowResult: [text, stamp, text, text, text, pa.list_(text), floats, pa.float64(), text],
     }
 
 
@@ -97,8 +140,8 @@ def to_arrow(batch: list[Impression] | list[Feedback]):
 # one after another, no array header), so the writer inserts a batch by joining records with their first two
 # bytes cut off — no per-event Python work on the insert path, and none on a replay from disk either.
 # (A separate kind byte rather than a msgspec tagged union keeps the structs exactly as the contract declares.)
-KINDS = {b"I": Impression, b"F": Feedback}
-_KIND = {Impression: b"I", Feedback: b"F"}
+KINDS = {b"I": Impression, b"F": Feedback, b"L": Interleaving, b"S": ShadowResult}
+_KIND = {cls: kind for kind, cls in KINDS.items()}
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(list)
 ROW_OFFSET = 2  # kind byte + msgpack fixarray header (both structs have fewer than 16 fields)
@@ -107,10 +150,10 @@ _TS_INDEX = {cls: names.index("ts") for cls, names in COLUMNS.items()}
 
 
 def encode(event: Event) -> bytes:
-    """The spool record of an event; TypeError for anything that is not an Impression or a Feedback."""
+    """The spool record of an event; TypeError for anything that is not one of the event types."""
     cls = type(event)
     if cls not in _KIND:
-        raise TypeError(f"expected an Impression or a Feedback, got {cls.__name__}")
+        raise TypeError(f"expected one of {', '.join(c.__name__ for c in KINDS.values())}, got {cls.__name__}")
     values = list(msgspec.structs.astuple(event))
     values[_TS_INDEX[cls]] = epoch_ms(event.ts)
     out = bytearray(_KIND[cls])

@@ -79,6 +79,27 @@ OFFLINE_EVAL_QUERIES_COLUMNS = """
     k UInt16,
     value Float64"""
 
+INTERLEAVINGS_COLUMNS = """
+    impression_id String,
+    ts DateTime64(3, 'UTC'),
+    experiment LowCardinality(String),
+    unit_id String,
+    arms Array(LowCardinality(String)),
+    teams Array(UInt8),
+    rankings Array(Array(String)),
+    seed UInt64"""
+
+SHADOW_RESULTS_COLUMNS = """
+    impression_id String,
+    ts DateTime64(3, 'UTC'),
+    experiment LowCardinality(String),
+    arm LowCardinality(String),
+    unit_id String,
+    doc_ids Array(String),
+    scores Array(Float64),
+    latency_ms Float64,
+    error String"""
+
 MIGRATIONS_COLUMNS = """
     version UInt32,
     name String,
@@ -105,6 +126,12 @@ TABLES = {
                           shard_key="cityHash64(run_id)"),
     "offline_eval_queries": Table("offline_eval_queries", OFFLINE_EVAL_QUERIES_COLUMNS,
                                   "(run_id, metric, k, query_id)", shard_key="cityHash64(run_id)"),
+    # Interleaved impressions: who contributed each shown position, and every arm's own ranking (replayable)
+    "interleavings": Table("interleavings", INTERLEAVINGS_COLUMNS, "(experiment, unit_id, impression_id)",
+                           ttl=True, shard_key="cityHash64(unit_id)"),
+    # Shadow experiments: the candidate's results for a served (control) impression, never shown to anyone
+    "shadow_results": Table("shadow_results", SHADOW_RESULTS_COLUMNS, "(experiment, arm, impression_id)",
+                            ttl=True, shard_key="cityHash64(unit_id)"),
 }
 
 
@@ -151,6 +178,9 @@ MIGRATIONS = (
         *create_table(db, TABLES["offline_eval"], cluster=cl, ttl_days=ttl),
         *create_table(db, TABLES["offline_eval_queries"], cluster=cl, ttl_days=ttl)]),
     Migration(3, "deduplicated views for analysis", lambda db, cl, ttl: _views(db, cl)),
+    Migration(4, "interleaving and shadow experiments", lambda db, cl, ttl: [
+        *create_table(db, TABLES["interleavings"], cluster=cl, ttl_days=ttl),
+        *create_table(db, TABLES["shadow_results"], cluster=cl, ttl_days=ttl)]),
 )
 
 

@@ -21,8 +21,8 @@ ReplacingMergeTree tables and the `*_unique` views make that invisible to the an
 
 Ownership: the gateway's lifespan builds one EventWriter, calls `start()`, `wait_connected()` (so the store is
 opened and migrated before the gateway says it is ready), `submit()` per event and `close()` on shutdown; the
-drain thread inserts through the ClickHouse client it gets from `client_factory`, and `lookup()` lets the
-request path read through the same (locked) client.
+drain thread inserts through the ClickHouse client it gets from `client_factory`. The request path never reads
+the store: feedback is checked against signed impression ids (gateway/impression_ids.py).
 
 Sharing two cores with the request path (measured in bench/bench_gateway.py, docs/event-log.md "Cost"):
 - the drain thread runs at a lower OS priority (`nice`, per thread on Linux) and opens the store itself, so
@@ -68,7 +68,6 @@ class EventWriter:
         self.fsync_interval, self.migrate, self.nice = fsync_interval, migrate, nice
         self._first_attempt = threading.Event()  # set once the drain thread has tried to connect
         self._replay_until: Position = (0, 0)     # queued records up to here came from the spool (_hand_over)
-        self.start_mark: Position = (0, 0)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)      # drain thread waits here for work
         self._committed = threading.Condition(threading.Lock())  # flush() waits here for commits
@@ -89,7 +88,6 @@ class EventWriter:
     # -- life cycle --------------------------------------------------------------------------------------
     def start(self) -> "EventWriter":
         self._spool.open()
-        self.start_mark = self._spool.end  # events before it came from an earlier run (replayed from the spool)
         self._accepting = True
         self._thread = threading.Thread(target=self._run, name="abgate-event-writer", daemon=True)
         self._thread.start()
@@ -181,18 +179,6 @@ class EventWriter:
     def pending(self, mark: Position) -> bool:
         """Whether some event submitted before `mark` is not stored yet."""
         return self._spool.committed < mark
-
-    def wait_stored(self, mark: Position, timeout: float) -> bool:
-        """Wait (up to `timeout` s) until every event submitted before `mark` is stored, without asking for an
-        early insert (unlike `flush`, which would make small parts). True when stored."""
-        deadline = time.monotonic() + timeout
-        with self._committed:
-            while self._spool.committed < mark:
-                left = deadline - time.monotonic()
-                if left <= 0 or not (self._thread and self._thread.is_alive()):
-                    return False
-                self._committed.wait(min(left, 0.05))
-        return True
 
     def stats(self) -> dict:
         with self._lock:
@@ -364,15 +350,6 @@ class EventWriter:
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
         except OSError as exc:
             log.info("could not lower the event writer's priority: %s", exc)
-
-    def lookup(self, query: str, parameters: dict, timeout: float = 2.0) -> list[tuple] | None:
-        """Rows of a read through the writer's store client (the same LockedClient, so it takes its turn with
-        the inserts); None when the store is not connected. At most `timeout` seconds of query time."""
-        client = self._client
-        if client is None:
-            return None
-        return client.query(query, parameters=parameters,
-                            settings={"max_execution_time": max(1, round(timeout))}).result_rows
 
     def _connect(self):
         if self._client is None:

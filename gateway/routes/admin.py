@@ -10,11 +10,11 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
 from experiments.loader import ExperimentsInvalid
+from gateway.routes.access import API_KEY_HEADER
 from gateway.routes.errors import ApiError
 from gateway.routes.experiments import describe
 from gateway.runtime import Runtime
 
-API_KEY_HEADER = "X-API-Key"
 
 
 def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:

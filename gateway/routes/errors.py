@@ -2,6 +2,7 @@
 
     validation of a body or parameter (msgspec / Litestar)  -> 422, field = the first bad field
     body over max_body_bytes                                 -> 413
+    body empty, not JSON, too deep / not sent as JSON        -> 400 / 415 (gateway/routes/body.py)
     InputError (bad input found by our code)                 -> 422, or its `http_status` (404, 410)
     other AbgateError (store or event log unavailable, ...)  -> 503, or its `http_status`
     ApiError(status, ...)                                    -> that status
@@ -70,10 +71,13 @@ def http_handler(request: Request, exc: HTTPException) -> Response:
     if status == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
         limit = request.app.state.settings.max_body_bytes
         message = f"the request body is larger than {limit} bytes: send a shorter query or fewer filters"
-    elif status == 400:
+    elif status == 400 and not isinstance(exc, ApiError):  # Litestar's own terse 400s; ours already say what to do
         message = f"the request is malformed ({message}): send a JSON body that matches the OpenAPI schema"
     details = exc.extra if isinstance(exc.extra, list) else None
-    return _body(request, status, message, getattr(exc, "field", None), details)
+    response = _body(request, status, message, getattr(exc, "field", None), details)
+    for name, value in (exc.headers or {}).items():  # e.g. WWW-Authenticate on a 401
+        response.headers[name] = value
+    return response
 
 
 def abgate_handler(request: Request, exc: AbgateError) -> Response:

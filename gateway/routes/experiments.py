@@ -8,6 +8,7 @@ from litestar import Controller, get
 from litestar.params import SkipValidation
 
 from experiments.schema import Experiment
+from gateway.routes.access import require_viewer
 from gateway.routes.errors import ApiError
 from gateway.runtime import Runtime
 from gateway.settings import Settings
@@ -19,7 +20,8 @@ def describe(runtime: Runtime, exp: Experiment, full: bool = False) -> dict:
            "control": exp.control, "layer_buckets": list(exp.layer_buckets),
            "arms": [{"name": a.name, "weight": a.weight, "top_k": a.top_k} for a in exp.arms]}
     if full:
-        out |= {"description": exp.description, "owner": exp.owner, "salt": exp.salt,
+        # Never the salt: with it, every unit's arm can be predicted offline.
+        out |= {"description": exp.description, "owner": exp.owner,
                 "start": exp.start.isoformat() if exp.start else None,
                 "end": exp.end.isoformat() if exp.end else None,
                 "arms": [asdict(a) for a in exp.arms], "metrics": asdict(exp.metrics),
@@ -30,6 +32,7 @@ def describe(runtime: Runtime, exp: Experiment, full: bool = False) -> dict:
 class ExperimentsController(Controller):
     path = "/v1/experiments"
     tags = ["experiments"]
+    guards = [require_viewer]
 
     @get("/", summary="The experiments loaded from the folder")
     async def list_experiments(self, runtime: SkipValidation[Runtime], settings: SkipValidation[Settings]) -> dict:

@@ -7,6 +7,7 @@ from litestar.params import SkipValidation
 
 from gateway.prometheus import GatewayMetrics
 from gateway.runtime import Runtime
+from gateway.server import Lifecycle
 from gateway.service import EventSink
 
 
@@ -18,7 +19,10 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get("/readyz", summary="Readiness: every arm's encoder and index is loaded")
-    async def readyz(self, runtime: SkipValidation[Runtime], events: SkipValidation[EventSink]) -> Response:
+    async def readyz(self, runtime: SkipValidation[Runtime], events: SkipValidation[EventSink],
+                     lifecycle: SkipValidation[Lifecycle]) -> Response:
+        if lifecycle.draining:  # SIGTERM: load balancers stop sending while in-flight requests finish
+            return Response({"status": "draining"}, status_code=503)
         if not runtime.ready:
             return Response({"status": "loading"}, status_code=503)
         return Response({"status": "ready", **runtime.describe_artifacts(), "events": "on" if events.on else "off"},

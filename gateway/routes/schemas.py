@@ -1,7 +1,8 @@
 """Request and response bodies (msgspec), with the request limits in them so they show in the OpenAPI document.
 
-Limits (docs/gateway.md): query 1..1000 characters, unit_id 1..256, k 1..100, at most 16 filters; the whole
-body is capped by the `max_body_bytes` setting (64 KiB by default) -> 413.
+Limits (docs/gateway.md): query 1..1000 characters, unit_id 1..256, k 1..100, at most 16 filters,
+idempotency_key 1..128; types are strict (`"k": "10"` is a 422, gateway/routes/body.py); the whole body is
+capped by the `max_body_bytes` setting (64 KiB by default) -> 413.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ MAX_QUERY_CHARS = 1000
 MAX_UNIT_ID_CHARS = 256
 MAX_K = 100
 MAX_FILTERS = 16
+MAX_IDEMPOTENCY_KEY_CHARS = 128
 
 FilterValue = Annotated[str, Meta(max_length=256)] | int | float | bool
 
@@ -44,11 +46,16 @@ class SearchResponse(msgspec.Struct):
 
 
 class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True):
-    impression_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    impression_id: Annotated[str, Meta(min_length=1, max_length=2048)]  # signed: carries its facts
     type: Literal["click", "dwell", "conversion"]
     doc_id: Annotated[str, Meta(min_length=1, max_length=256)]
     position: Annotated[int, Meta(ge=1, le=MAX_K)]
     value: Annotated[float, Meta(ge=0, le=1e9)] | None = None
+    idempotency_key: Annotated[str, Meta(
+        min_length=1, max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+        description="the client's id for this event (e.g. a UUID), the same on every retry: a conversion sent again "
+                    "with the same key is stored once. Clicks and dwells are deduplicated per impression and "
+                    "document without one")] | None = None
 
 
 class FeedbackResponse(msgspec.Struct):

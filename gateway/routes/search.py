@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Controller, post
 from litestar.params import SkipValidation
 
+from gateway.routes.body import require_json_body
 from gateway.routes.schemas import FeedbackRequest, FeedbackResponse, Result, SearchRequest, SearchResponse
 from gateway.service import SearchService
 
@@ -12,6 +13,7 @@ from gateway.service import SearchService
 class SearchController(Controller):
     path = "/v1"
     tags = ["search"]
+    guards = [require_json_body]
 
     @post("/search", status_code=200, summary="Search with the unit's arm; the response is an impression")
     async def search(self, data: SearchRequest, service: SkipValidation[SearchService]) -> SearchResponse:
@@ -21,6 +23,7 @@ class SearchController(Controller):
 
     @post("/feedback", status_code=202, summary="Record a click, dwell or conversion on a served impression")
     async def feedback(self, data: FeedbackRequest, service: SkipValidation[SearchService]) -> FeedbackResponse:
-        out = await service.feedback(data.impression_id, data.type, data.doc_id, data.position, data.value)
+        out = await service.feedback(data.impression_id, data.type, data.doc_id, data.position, data.value,
+                                     idempotency_key=data.idempotency_key)
         served = out.impression
         return FeedbackResponse(out.event_id, served.impression_id, served.experiment, served.arm)

@@ -20,7 +20,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from experiments.interleaving import preference
 from experiments.stats import RatioStatistic, sequential_test, z_test
+from gateway.interleaving import interleave
 from gateway.simulation.users import ClickModel, Judgments, Population
 
 
@@ -115,3 +117,82 @@ def study(control: np.ndarray, treatment: np.ndarray, volumes: Sequence[int], *,
 def volume_needed(points: Sequence[VolumePoint], target: float = 0.8) -> int | None:
     """The smallest studied volume whose sequential power reaches `target`."""
     return next((p.users for p in points if p.power_sequential >= target), None)
+
+
+# -- Interleaving: the same users and click model, one merged list per search ------------------------------
+
+@dataclass(frozen=True)
+class InterleavedQueries:
+    """Per query, `variants` pre-drawn team-draft interleavings of the two arms' rankings: the merged list's
+    click probabilities (queries x variants x k) and, per position, 1 when the candidate's team showed it."""
+    probs: np.ndarray
+    candidate: np.ndarray
+
+
+def interleaved_queries(control: Mapping[str, Sequence[str]], treatment: Mapping[str, Sequence[str]],
+                        judgments: Judgments, model: ClickModel, k: int = 10, variants: int = 16,
+                        seed: int = 0) -> InterleavedQueries:
+    q = len(judgments.query_ids)
+    probs, team = np.zeros((q, variants, k)), np.zeros((q, variants, k), dtype=bool)
+    for row, query_id in enumerate(judgments.query_ids):
+        rankings = [list(control.get(query_id, []))[:k], list(treatment.get(query_id, []))[:k]]
+        for v in range(variants):
+            merged = interleave(rankings, k, seed=hash((seed, row, v)) & 0xFFFFFFFF)
+            n = len(merged.doc_ids)
+            probs[row, v, :n] = model.click_probabilities(list(merged.doc_ids), judgments.qrels[query_id])
+            team[row, v, :n] = np.asarray(merged.teams) == 1
+    return InterleavedQueries(probs, team)
+
+
+def _replicate_interleaving(queries: InterleavedQueries, users: int, population: Population, model: ClickModel,
+                            rng: np.random.Generator) -> np.ndarray:
+    """The unit scores of one simulated experiment (experiments/interleaving.py's definition)."""
+    visits = 1 + rng.poisson(max(population.mean_visits - 1, 0), users)
+    searches = np.zeros(users, dtype=int)
+    for v in range(int(visits.max())):
+        searches += np.where(visits > v, 1 + rng.poisson(max(population.mean_searches - 1, 0), users), 0)
+    searches = np.minimum(searches, population.max_searches_per_user)
+    propensity = np.exp(model.propensity_sigma * rng.standard_normal(users) - model.propensity_sigma ** 2 / 2)
+    owner = np.repeat(np.arange(users), searches)
+    query = rng.integers(0, queries.probs.shape[0], owner.size)
+    variant = rng.integers(0, queries.probs.shape[1], owner.size)
+    p = queries.probs[query, variant] * propensity[owner, None]
+    clicked = rng.random(p.shape) < np.clip(p, 0, 1)
+    team = queries.candidate[query, variant]
+    cand, ctrl = (clicked & team).sum(axis=1), (clicked & ~team).sum(axis=1)
+    credited = (cand + ctrl) > 0
+    sums = np.bincount(owner[credited], weights=(cand - ctrl)[credited], minlength=users)
+    counts = np.bincount(owner[credited], minlength=users)
+    has = counts > 0
+    return sums[has] / counts[has]
+
+
+def study_interleaving(queries: InterleavedQueries, volumes: Sequence[int], *, reps: int = 200,
+                       population: Population = Population(), model: ClickModel = ClickModel(),
+                       alpha: float = 0.05, tuning: float = 5_000, seed: int = 0,
+                       expected: int | None = None) -> list[VolumePoint]:
+    """Power of the interleaving preference test at each volume (every user sees both arms). `expected`: the
+    sign of the preference that should be found (+1 candidate, -1 control, 0 none: the A/A case); default
+    from the expected credited clicks."""
+    if expected is None:
+        diff = (queries.probs * queries.candidate).sum() - (queries.probs * ~queries.candidate).sum()
+        expected = int(np.sign(diff))
+    points = []
+    for users in volumes:
+        rng = np.random.default_rng([seed, users, 1])
+        right = wrong = fixed_right = 0
+        means = []
+        for _ in range(reps):
+            scores = _replicate_interleaving(queries, users, population, model, rng)
+            seq = preference(scores.tolist(), alpha=alpha, sequential=True, tuning=tuning)
+            fixed = preference(scores.tolist(), alpha=alpha, sequential=False)
+            if seq.mean is not None:
+                means.append(seq.mean)
+            if seq.significant:
+                direction = np.sign(seq.mean)
+                right += bool(direction == expected and expected != 0)
+                wrong += bool(direction != expected or expected == 0)
+            fixed_right += bool(fixed.significant and np.sign(fixed.mean) == expected and expected != 0)
+        points.append(VolumePoint(users, reps, right / reps, fixed_right / reps, wrong / reps,
+                                  float(np.mean(means)) if means else 0.0))
+    return points
