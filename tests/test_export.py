@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from experiments.errors import ArtifactError
 from exporters.onnx_export import Thresholds, _enforce, parity, read_pooling
 from gateway.cli import main
 from gateway.encoder import Encoder
@@ -47,7 +48,7 @@ def test_parity_figures():
     assert same["min_cosine"] == pytest.approx(1.0) and same["top10_overlap"] == 1.0
     noisy = parity(ref, ref + rng.standard_normal(ref.shape).astype(np.float32))
     assert noisy["min_cosine"] < 0.9 and noisy["top10_overlap"] < 0.9
-    with pytest.raises(Exception, match="min cosine .* < 0.95; mean cosine"):
+    with pytest.raises(ArtifactError, match="min cosine .* < 0.95; mean cosine"):
         _enforce(noisy, Thresholds(0.95, 0.98, 0.8), "int8")
 
 

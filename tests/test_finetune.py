@@ -185,6 +185,50 @@ def test_two_pass_finetune_is_reproducible_and_loadable(tmp_path, capsys, mini_b
     assert model.encode(["Vitamin D deficiency raises the risk of fractures."]).shape == (1, 384)
 
 
+def test_one_pass_finetune_the_demo_default_reports_progress_with_eta(tmp_path, capsys, mini_beir,
+                                                                      baseline_model_dir):
+    code, record, err = run_cli(["finetune", str(tmp_path / "one"), "--data", str(mini_beir), "--base",
+                                 str(baseline_model_dir), "--passes", "1", *TINY], capsys)
+    assert code == 0, err
+    assert [p["name"] for p in record["passes"]] == ["in-batch"] and record["mining"] is None
+    assert record["settings"]["passes"] == 1 and record["passes"][0]["steps"] == 2
+    steps = [line for line in err.splitlines() if line.startswith("abgate finetune: pass 1: step ")]
+    assert len(steps) == 2 and "pass 2" not in err
+    assert steps[0].startswith("abgate finetune: pass 1: step 1/2 loss ") and ", eta " in steps[0]
+    assert steps[1].startswith("abgate finetune: pass 1: step 2/2 loss ") and ", done in " in steps[1]
+
+
+def test_progress_line_gives_rate_and_eta():
+    import io
+
+    from exporters.progress import Progress, duration
+
+    now = [100.0]
+    stream = io.StringIO()
+    meter = Progress("encoded docs", stream=stream, every=10, clock=lambda: now[0])
+    for at, done, note in ((110.0, 200, ""),      # the first call prints: 20/s, 800 left -> 40 s
+                           (115.0, 300, ""),      # within 10 s of the last line, on a pipe: quiet
+                           (150.0, 1000, "ok")):  # the last one always prints
+        now[0] = at
+        meter(done, 1000, note)
+    assert stream.getvalue().splitlines() == ["abgate: encoded docs 200/1,000 (20/s, eta 40 s)",
+                                              "abgate: encoded docs 1,000/1,000 ok (20/s, done in 50 s)"]
+    assert (duration(59.4), duration(185), duration(3720)) == ("59 s", "3 min 5 s", "1 h 2 min")
+    slow = io.StringIO()
+    step = Progress("pass 1: step", stream=slow, every=0, prefix="abgate finetune", clock=lambda: now[0])
+    now[0] += 60.0
+    step(2, 29, "loss 0.5000")  # 30 s a step, 27 steps left
+    assert slow.getvalue() == "abgate finetune: pass 1: step 2/29 loss 0.5000 (30.0 s each, eta 13 min 30 s)\n"
+
+
+def test_demo_fine_tunes_one_pass_unless_full():
+    from gateway.simulation.demo import finetune_passes
+
+    assert finetune_passes(False, []) == 1
+    assert finetune_passes(True, []) == 2
+    assert finetune_passes(False, ["--passes", "2", "--epochs", "2"]) == 2  # --finetune-args has the last word
+
+
 def test_mined_negatives_are_never_known_positives(mini_beir, baseline_model_dir):
     import torch
     from sentence_transformers import SentenceTransformer

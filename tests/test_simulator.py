@@ -109,9 +109,8 @@ def test_searches_per_user_are_bounded():
     assert max(u.searches for u in users) <= 12
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="SciFact not found")
-def test_loads_scifact_test_judgments():
-    judgments = load_judgments(DATA, "test")
+def test_loads_scifact_test_judgments(scifact_dir):
+    judgments = load_judgments(scifact_dir, "test")
     assert len(judgments.queries) == 300  # SciFact test: 300 judged queries
     assert sum(len(d) for d in judgments.qrels.values()) == 339
 
