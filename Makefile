@@ -43,5 +43,10 @@ demo: venv
 bench: venv
 	$(BIN)/python bench/run_all.py --data $(DATA) $(BENCH_ARGS)
 
+# Deploy files (hadolint, kubernetes-validate on the kustomize output, checkov) and the import-order contract.
+lint: venv
+	bash deploy/check.sh
+	$(BIN)/lint-imports --no-cache
+
 clean:
 	rm -rf $(VENV) artifacts .abgate tests/artifacts
