@@ -104,23 +104,26 @@ def _row_to_document(row: dict, bad: BadRows, line: int) -> Document | None:
 
 
 def _iter_jsonl(path: Path, bad: BadRows) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8", errors="strict") as fh:
-        line_no = 0
-        while True:
-            line_no += 1
+    # Bytes, decoded line by line: a text-mode readline() that hits bad UTF-8 raises on every later call too.
+    with open(path, "rb") as fh:
+        for line_no, data in enumerate(fh, start=1):
             try:
-                raw = fh.readline()
+                raw = data.decode("utf-8")
             except UnicodeDecodeError:
                 bad.add(line_no, "the line is not valid UTF-8.")
                 continue
-            if not raw:
-                return
             if not raw.strip():
                 continue
             try:
                 row = json.loads(raw)
             except json.JSONDecodeError as exc:
                 bad.add(line_no, f"the line is not valid JSON ({exc.msg} at column {exc.colno}).")
+                continue
+            except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+                bad.add(line_no, f"the line is not usable JSON ({exc}).")
+                continue
+            except RecursionError:
+                bad.add(line_no, "the line nests JSON too deeply.")
                 continue
             if not isinstance(row, dict):
                 bad.add(line_no, "the line must hold a JSON object.")
@@ -209,23 +212,27 @@ def read_qrels(path: str | Path) -> Qrels:
     path = Path(path)
     judgments: dict[str, dict[str, int]] = {}
     lines: dict[tuple[str, str], int] = {}
-    with open(path, encoding="utf-8", newline="") as fh:
-        for line_no, row in enumerate(csv.reader(fh, delimiter="\t"), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if line_no == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid"):
-                continue
-            if len(row) != 3:
-                raise InputError(f"expected 3 tab-separated columns (query-id, corpus-id, score), found {len(row)}.",
-                                 file=str(path), line=line_no)
-            qid, did, score = (c.strip() for c in row)
-            try:
-                grade = int(float(score))
-            except ValueError:
-                raise InputError(f"the score {score!r} is not a number.", file=str(path), line=line_no,
-                                 field="score") from None
-            judgments.setdefault(qid, {})[did] = grade
-            lines[(qid, did)] = line_no
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[:exc.start].count(b"\n") + 1
+        raise InputError("the file is not valid UTF-8: save it as UTF-8 text.", file=str(path), line=line) from None
+    for line_no, row in enumerate(csv.reader(text.splitlines(), delimiter="\t"), start=1):
+        if not row or not "".join(row).strip():
+            continue
+        if line_no == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid"):
+            continue
+        if len(row) != 3:
+            raise InputError(f"expected 3 tab-separated columns (query-id, corpus-id, score), found {len(row)}.",
+                             file=str(path), line=line_no)
+        qid, did, score = (c.strip() for c in row)
+        try:
+            grade = int(float(score))
+        except ValueError:
+            raise InputError(f"the score {score!r} is not a number.", file=str(path), line=line_no,
+                             field="score") from None
+        judgments.setdefault(qid, {})[did] = grade
+        lines[(qid, did)] = line_no
     if not judgments:
         raise InputError("the qrels file holds no judgments.", file=str(path))
     return Qrels(str(path), judgments, lines)

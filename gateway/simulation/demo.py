@@ -29,7 +29,7 @@ from gateway.simulation.demo_traffic import (evaluate_offline, plan_volume, prin
                                              serve_and_simulate)
 from gateway.simulation.steps import Context, abgate, log, run_step
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the repository: gateway/simulation/demo.py -> ./
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
