@@ -16,6 +16,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
+from conftest import STORES, drop_server_database, store_dsn
+
 from dashboards.pages import render_report
 from experiments.report import build_report
 from experiments.schema import parse_experiment
@@ -106,9 +108,10 @@ def numpy_reference(log: EventLog, name: str, control: str = "control", treatmen
     return out
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    client = store.connect(f"chdb://{tmp_path_factory.mktemp('cuped-store')}")
+@pytest.fixture(scope="module", params=STORES)
+def client(tmp_path_factory, request):
+    dsn = store_dsn(request.param, tmp_path_factory.mktemp('cuped-store'), "cuped_tests")
+    client = store.connect(dsn)
     tables.migrate(client)
     logs = {"cup": make_log("cup", 1500, seed=21, pre_share=0.8)[0],
             "nopre": make_log("nopre", 300, seed=22, pre_share=0.0)[0]}
@@ -117,6 +120,7 @@ def client(tmp_path_factory):
     client.logs = logs
     yield client
     client.close()
+    drop_server_database(request.param, dsn)
 
 
 def _report(client, name, **design):

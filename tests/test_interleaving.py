@@ -137,3 +137,15 @@ def test_interleaving_needs_far_fewer_users_than_ab_and_holds_alpha_in_aa():
     aa = study_interleaving(interleaved_queries(control, control, judgments, model, k=4), [400], reps=150,
                             model=model, seed=2, expected=0)[0]
     assert aa.wrong_sequential <= 0.05
+
+
+def test_aa_interleaving_with_daily_looks_holds_alpha():
+    from gateway.simulation.users import ClickModel
+    from gateway.simulation.volume import interleaved_queries, study_interleaving
+
+    judgments = _judgments_for(50)
+    model = ClickModel()
+    same = {q: ["a", f"rel{q}", "b", "c"] for q in judgments.queries}
+    point = study_interleaving(interleaved_queries(same, same, judgments, model, k=4), [600], reps=200,
+                               model=model, seed=4, expected=0, looks=14, tuning=1200)[0]
+    assert point.wrong_sequential <= 0.05 and point.power_sequential == 0

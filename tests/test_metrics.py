@@ -7,6 +7,8 @@ from datetime import date, datetime, time, timedelta, timezone
 import numpy as np
 import pytest
 
+from conftest import STORES, drop_server_database, store_dsn
+
 from experiments import metrics as m
 from experiments.metrics_sql import collect
 from experiments.custom_metrics import definitions, parse_custom_metrics
@@ -17,12 +19,14 @@ from metric_events import START, experiment_config, generate, reference
 DAYS = 3
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    client = store.connect(f"chdb://{tmp_path_factory.mktemp('metrics-store')}")
+@pytest.fixture(scope="module", params=STORES)
+def client(tmp_path_factory, request):
+    dsn = store_dsn(request.param, tmp_path_factory.mktemp('metrics-store'), "metrics_tests")
+    client = store.connect(dsn)
     tables.migrate(client)
     yield client
     client.close()
+    drop_server_database(request.param, dsn)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+
+from conftest import STORES, drop_server_database, store_dsn
 import yaml
 from scipy import stats
 
@@ -22,10 +24,11 @@ from metric_events import START, experiment_config, generate, reference
 DAYS = 4
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory):
+@pytest.fixture(scope="module", params=STORES)
+def client(tmp_path_factory, request):
     path = tmp_path_factory.mktemp("report-store")
-    client = store.connect(f"chdb://{path}")
+    dsn = store_dsn(request.param, path, "report_tests")
+    client = store.connect(dsn)
     tables.migrate(client)
     logs = {
         "win": generate("win", {"control": 0.25, "treatment": 0.40}, units=1200, days=DAYS, seed=11),
@@ -42,6 +45,7 @@ def client(tmp_path_factory):
     client.logs = logs
     yield client
     client.close()
+    drop_server_database(request.param, dsn)
 
 
 # Margins wide enough for this small log to show the guardrails safe (tests of blocking use tight ones).

@@ -6,23 +6,28 @@ from pathlib import Path
 
 import pytest
 
+from conftest import STORES, drop_server_database, store_dsn
+
 from event_samples import feedback, impression, stored
 from gateway.eventlog import events, store, tables
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return tmp_path_factory.mktemp("schema-store")
+@pytest.fixture(scope="module", params=STORES)
+def folder(tmp_path_factory, request):
+    return request.param, tmp_path_factory.mktemp("schema-store")
 
 
 @pytest.fixture
 def client(folder, request):
     # One engine folder per module (chdb opens one per process); a database per test keeps tests apart.
+    kind, path = folder
     db = "t_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:40]
-    with store.connect(f"chdb://{folder}?database={db}") as client:
+    dsn = store_dsn(kind, path, db)
+    with store.connect(dsn) as client:
         yield client
+    drop_server_database(kind, dsn)
 
 
 def test_migrate_is_idempotent_and_versioned(client):

@@ -7,19 +7,25 @@ import time
 
 import pytest
 
+from conftest import STORES, drop_server_database, store_dsn
+
 from event_samples import feedback, impression, stored
 from gateway.eventlog import store
 from gateway.eventlog.writer import EventWriter
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return tmp_path_factory.mktemp("writer-store")
+@pytest.fixture(scope="module", params=STORES)
+def folder(tmp_path_factory, request):
+    return request.param, tmp_path_factory.mktemp("writer-store")
 
 
 @pytest.fixture
 def dsn(folder, request):
-    return f"chdb://{folder}?database=w_{request.node.name[:40]}"
+    kind, path = folder
+    name = "w_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:40]
+    dsn = store_dsn(kind, path, name)
+    yield dsn
+    drop_server_database(kind, dsn)
 
 
 def test_busy_traffic_is_inserted_in_big_batches(dsn, tmp_path):

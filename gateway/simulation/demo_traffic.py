@@ -23,12 +23,14 @@ from gateway.launcher import GatewayProcess
 from gateway.simulation.steps import Child, Context, _json, abgate, log, run_step
 from experiments.errors import AbgateError
 
-AB, AA = "finetune-vs-baseline", "aa-baseline"
+AB, AA, INTER = "finetune-vs-baseline", "aa-baseline", "finetune-vs-baseline-interleaved"
 ARMS = ("baseline", "finetuned")
 # The A/B test's primary metric and its share of the demo layer (experiments/demo/*.yaml; the volume study
 # must test what the report tests). MRR of the first click was chosen by sensitivity: docs/demo.md.
 PRIMARY = "mrr"
-AB_SHARE = 0.9              # finetune-vs-baseline holds layer buckets [0, 9000); aa-baseline [9000, 10000)
+AB_SHARE = 0.9              # finetune-vs-baseline holds layer buckets [0, 9000); aa-baseline [9000, 9500)
+INTER_SHARE = 0.05          # finetune-vs-baseline-interleaved [9500, 10000)
+INTER_VOLUMES = (50, 100, 200, 400, 800, 1600, 3200)
 TARGET_POWER = 0.9
 QUERY_CACHE = 10_000        # the gateway's query-embedding cache (SciFact test has 300 distinct queries)
 
@@ -101,7 +103,8 @@ def plan_volume(ctx: Context, reps: int = 100) -> dict:
     folder = demo_dir(ctx)
     files = {arm: folder / f"offline-{arm}.json" for arm in ARMS}
     key = {arm: (_json(f) or {}).get("run_id") for arm, f in files.items()} | {
-        "metric": PRIMARY, "share": AB_SHARE, "target": TARGET_POWER, "volumes": list(VOLUMES), "reps": reps}
+        "metric": PRIMARY, "share": AB_SHARE, "target": TARGET_POWER, "volumes": list(VOLUMES), "reps": reps,
+        "interleaving": list(INTER_VOLUMES)}
     cached = _json(folder / "volume.json")
     if cached and cached.get("key") == key:
         log(f"volume study: done already (A/B needs {cached['ab']['users_needed']} users for "
@@ -112,9 +115,12 @@ def plan_volume(ctx: Context, reps: int = 100) -> dict:
               "--target", str(TARGET_POWER)]
     ab = run_cli_json(ctx, "simulate-volume", str(files["baseline"]), str(files["finetuned"]), *common)
     aa = run_cli_json(ctx, "simulate-volume", str(files["baseline"]), str(files["baseline"]), *common)
+    inter = run_cli_json(ctx, "simulate-volume", str(files["baseline"]), str(files["finetuned"]), "--data",
+                         str(ctx.data), "--reps", str(reps), "--users", *map(str, INTER_VOLUMES), "--design",
+                         "interleaving", "--target", str(TARGET_POWER))
     needed = ab["users_needed"] or VOLUMES[-1]
     layer = int(-(-needed / AB_SHARE // 100) * 100)  # stages count users over the whole layer; rounded up
-    plan = {"key": key, "ab": ab, "aa": aa, "ab_share": AB_SHARE, "target_power": TARGET_POWER,
+    plan = {"key": key, "ab": ab, "aa": aa, "interleaving": inter, "ab_share": AB_SHARE, "target_power": TARGET_POWER,
             "stages": [int(round(0.6 * layer, -2)), layer]}
     (folder / "volume.json").write_text(json.dumps(plan, indent=2))
     log(f"volume study: A/B needs {ab['users_needed']} users for {TARGET_POWER:.0%} power on {PRIMARY}; A/A "
@@ -166,7 +172,7 @@ def read_reports(ctx: Context) -> dict:
     """Both reports as JSON; each also written as a static dashboard page, artifacts/demo/NAME.html."""
     return {name: run_cli_json(ctx, "report", name, "--experiments", str(ctx.path("experiments", "demo")),
                                "--html", str(demo_dir(ctx) / f"{name}.html"))
-            for name in (AB, AA)}
+            for name in (AB, AA, INTER)}
 
 
 def serve_and_simulate(ctx: Context, args, offline: dict, record: dict) -> dict:
@@ -219,18 +225,21 @@ def serve_and_simulate(ctx: Context, args, offline: dict, record: dict) -> dict:
 def outcome(offline: dict, record: dict, reports: dict, url: str) -> dict:
     ndcg = {arm: offline[arm].get("ndcg@10") for arm in ARMS}
     offline_winner = max(ndcg, key=lambda arm: ndcg[arm])
-    ab, aa = verdict(reports[AB]), verdict(reports[AA])
+    ab, aa, inter = verdict(reports[AB]), verdict(reports[AA]), verdict(reports[INTER])
+    pref = next(iter(reports[INTER].get("preferences") or []), {})
+    inter["preference"] = {k: pref.get(k) for k in ("mean", "ci_low", "ci_high", "units", "wins", "losses", "ties")}
     first = next((s["users"] for s in record["stages"] if s["verdicts"][AB]["winner"] == offline_winner), None)
     lift = ab["primary_lift"].get("lift")
     offline_sign = 1 if offline_winner == "finetuned" else -1
     return {
         # ok: the A/A test names no winner and the A/B test does not name the arm offline evaluation ranks lower.
         "ok": not aa["winner"] and ab["winner"] in (None, offline_winner),
-        "offline": offline, "offline_winner": offline_winner, "ab": ab, "aa": aa,
+        "offline": offline, "offline_winner": offline_winner, "ab": ab, "aa": aa, "interleaving": inter,
         "agrees_with_offline": ab["winner"] == offline_winner,
         "same_direction": lift is not None and (lift > 0) == (offline_sign > 0),
         "aa_declared_winner": bool(aa["winner"]), "users_needed": first, "stages": record["stages"],
-        "dashboard": {"ab": f"{url}/dashboard/{AB}", "aa": f"{url}/dashboard/{AA}"},
+        "dashboard": {"ab": f"{url}/dashboard/{AB}", "aa": f"{url}/dashboard/{AA}",
+                      "interleaving": f"{url}/dashboard/{INTER}"},
         "static_dashboard": {"ab": str(Path("artifacts", "demo", f"{AB}.html")),
                              "aa": str(Path("artifacts", "demo", f"{AA}.html"))}}
 
@@ -268,6 +277,16 @@ def print_outcome(result: dict, as_json: bool) -> None:
               f"{'the same way as' if result['same_direction'] else 'against'} offline NDCG "
               f"({result['offline_winner']} better). The volume study above says how many users it takes: "
               "rerun with DEMO_ARGS='--stages N' to replay them.")
+    inter, pref = result["interleaving"], result["interleaving"]["preference"]
+    if plan and plan.get("interleaving"):
+        print(f"Interleaving volume study: {plan['interleaving']['users_needed']} interleaved users for "
+              f"{plan.get('target_power', 0.8):.0%} power, against {plan['ab']['users_needed']} A/B users")
+    if pref.get("mean") is not None:
+        print(f"Interleaving verdict ({pref['units']} users with a credited click, {INTER_SHARE:.0%} of the layer): "
+              f"{inter['headline']} preference {pref['mean']:+.3f} [{pref['ci_low']:+.3f}, {pref['ci_high']:+.3f}], "
+              f"wins/losses/ties {pref['wins']}/{pref['losses']}/{pref['ties']}")
+    else:
+        print(f"Interleaving verdict: {inter['headline']}")
     print(f"A/A verdict: {result['aa']['headline']} -> "
           f"{'a false positive!' if result['aa_declared_winner'] else 'no winner, as it should be'}")
     print(f"Dashboard: {result['dashboard']['ab']} (live while the gateway runs: "

@@ -170,10 +170,11 @@ def _replicate_interleaving(queries: InterleavedQueries, users: int, population:
 def study_interleaving(queries: InterleavedQueries, volumes: Sequence[int], *, reps: int = 200,
                        population: Population = Population(), model: ClickModel = ClickModel(),
                        alpha: float = 0.05, tuning: float = 5_000, seed: int = 0,
-                       expected: int | None = None) -> list[VolumePoint]:
+                       expected: int | None = None, looks: int = 1) -> list[VolumePoint]:
     """Power of the interleaving preference test at each volume (every user sees both arms). `expected`: the
     sign of the preference that should be found (+1 candidate, -1 control, 0 none: the A/A case); default
-    from the expected credited clicks."""
+    from the expected credited clicks. `looks` > 1: users arrive evenly over that many daily looks and the
+    always-valid test is read at each (a rejection at any look counts), as a team peeking daily would."""
     if expected is None:
         diff = (queries.probs * queries.candidate).sum() - (queries.probs * ~queries.candidate).sum()
         expected = int(np.sign(diff))
@@ -184,6 +185,15 @@ def study_interleaving(queries: InterleavedQueries, volumes: Sequence[int], *, r
         means = []
         for _ in range(reps):
             scores = _replicate_interleaving(queries, users, population, model, rng)
+            if looks > 1:  # the first looks: a rejection there is final (the verdict would have been read)
+                arrival = rng.integers(0, looks, scores.size)
+                early = [preference(scores[arrival <= look].tolist(), alpha=alpha, sequential=True, tuning=tuning)
+                         for look in range(looks - 1)]
+                hit = next((p for p in early if p.significant), None)
+                if hit is not None:
+                    right += bool(np.sign(hit.mean) == expected and expected != 0)
+                    wrong += bool(np.sign(hit.mean) != expected or expected == 0)
+                    continue
             seq = preference(scores.tolist(), alpha=alpha, sequential=True, tuning=tuning)
             fixed = preference(scores.tolist(), alpha=alpha, sequential=False)
             if seq.mean is not None:
