@@ -3,7 +3,12 @@
     abgate experiments validate DIR [--state FILE] [--json]   every problem with file, line and field
     abgate experiments plan FILE_OR_NAME [--experiments DIR] (--baseline-rate P | --sd S --mean M) [--json]
                                                                units the design's alpha, power and mde need
+    abgate experiments propose --champion ARM_OR_ENCODER --candidate ENCODER_DIR --candidate-index INDEX_DIR
+                               --from EXPERIMENT_YAML --out NEW.yaml   the next experiment, as a validated draft
     abgate stats --input sums.json [--json]                    the statistics engine on per-arm sums
+
+Longer than 350 lines because it holds every `abgate experiments` action's parser, run and rendering in one
+place; each action is short (propose, the newest, could move to its own module).
 """
 
 from __future__ import annotations
@@ -37,6 +42,85 @@ def register_validate(subparsers: argparse._SubParsersAction) -> None:
     validate.add_argument("--json", action="store_true", help="print the result as JSON")
     validate.set_defaults(func=run_validate)
     register_plan(sub)
+    register_propose(sub)
+
+
+def register_propose(sub) -> None:
+    p = sub.add_parser("propose", help="write the next experiment: a candidate encoder against the champion",
+                       description="Write NEW.yaml (status draft, a fresh salt) pitting CANDIDATE + its index "
+                       "against the champion, with the layer, unit, allocation, metrics and design of --from; "
+                       "then validate it. Only writes YAML: nothing is served until you set it running.")
+    p.add_argument("--champion", required=True, help="an arm of --from, or an encoder folder (then also "
+                   "--champion-index)")
+    p.add_argument("--champion-index", metavar="INDEX_DIR", help="the champion's index, when --champion is a folder")
+    p.add_argument("--candidate", required=True, metavar="ENCODER_DIR", help="the candidate's encoder folder")
+    p.add_argument("--candidate-index", required=True, metavar="INDEX_DIR", help="its index (abgate build-index)")
+    p.add_argument("--from", dest="source", required=True, metavar="EXPERIMENT_YAML", help="the last experiment")
+    p.add_argument("--out", required=True, metavar="NEW_YAML", help="the file to write (must not exist)")
+    p.add_argument("--name", help="the new experiment's name (default: CANDIDATE-vs-CHAMPION)")
+    p.add_argument("--json", action="store_true", help="print the proposal as JSON")
+    p.set_defaults(func=run_propose)
+
+
+def _manifest(folder: str, name: str, flag: str) -> dict:
+    try:
+        return json.loads((Path(folder) / name).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"has no readable {name} ({exc}); give a folder written by abgate", file=folder,
+                         field=flag) from None
+
+
+def run_propose(args: argparse.Namespace) -> int:
+    import re
+    import secrets
+
+    import yaml
+
+    last = find_experiment(args.source, None)
+    raw = yaml.safe_load(Path(args.source).read_text(encoding="utf-8"))
+    if Path(args.out).exists():
+        raise InputError("exists already; choose a new file for the proposal", file=args.out, field="--out")
+    arms = {a.name: a for a in last.arms}
+    if args.champion in arms:
+        champ = arms[args.champion]
+        control = {"name": champ.name, "encoder": champ.encoder, "index": champ.index}
+        extra = {k: getattr(champ, k) for k in ("dimensions", "score_threshold") if getattr(champ, k) is not None}
+        top_k = champ.top_k
+    elif args.champion_index:
+        control, extra, top_k = {"name": "champion", "encoder": args.champion, "index": args.champion_index}, {}, \
+            last.control_arm.top_k
+    else:
+        raise InputError(f"is neither an arm of {last.name} ({', '.join(arms)}) nor given with --champion-index",
+                         field="--champion")
+    encoder = _manifest(args.candidate, "abgate-encoder.json", "--candidate")
+    index = _manifest(args.candidate_index, "abgate-index.json", "--candidate-index")
+    if index.get("encoder_checksum") != encoder.get("checksum"):
+        raise InputError(f"was built with encoder {str(index.get('encoder_checksum'))[:16]}, not the candidate "
+                         f"{str(encoder.get('checksum'))[:16]}: build it with abgate build-index CANDIDATE",
+                         file=args.candidate_index, field="--candidate-index")
+    candidate = "candidate" if control["name"] != "candidate" else "challenger"
+    name = args.name or re.sub(r"[^a-z0-9_.-]+", "-", f"{Path(args.candidate).name}-vs-{control['name']}".lower())
+    proposal = {"name": name[:63].strip("-.") or "proposal",
+                "description": f"Does {Path(args.candidate).name} beat {control['name']} for users? (proposed "
+                               f"from {last.name})",
+                "owner": last.owner, "layer": last.layer, "unit": last.unit,
+                "salt": f"{name[:40]}-{secrets.token_hex(4)}",  # fresh: units are reshuffled, no carry-over
+                "status": "draft", "start": None, "end": None, "allocation": last.allocation,
+                "layer_buckets": list(last.layer_buckets), "control": control["name"],
+                "arms": [{**control, "weight": 50, "top_k": top_k, **extra},
+                         {"name": candidate, "weight": 50, "encoder": args.candidate, "index": args.candidate_index,
+                          "top_k": top_k}],
+                **{k: raw[k] for k in ("metrics", "design", "custom_metrics", "shadow") if k in raw}}
+    Path(args.out).write_text(yaml.safe_dump(proposal, sort_keys=False, allow_unicode=True))
+    _, errors = load_file(args.out)
+    if errors:
+        for e in errors:
+            print(f"abgate: error: {e.located()}", file=sys.stderr)
+        return 2
+    print(json.dumps({"out": args.out, **proposal}) if args.json else
+          f"wrote {args.out}: {proposal['name']} ({control['name']} vs {candidate}, salt {proposal['salt']}, "
+          "status draft); set status: running and a start time to serve it")
+    return 0
 
 
 def run_validate(args: argparse.Namespace) -> int:

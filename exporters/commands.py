@@ -1,5 +1,5 @@
-"""Subcommands of the exporters package: export-model, import-model, build-index, eval-offline (and finetune, if
-present).
+"""Subcommands of the exporters package: export-model, import-model, build-index, eval-offline, harvest (and
+finetune, if present).
 
 Each command prints a short human summary, or one JSON object with --json; progress goes to stderr.
 """
@@ -19,6 +19,9 @@ def register(subparsers) -> None:
     _register_import(subparsers)
     _register_build_index(subparsers)
     _register_eval(subparsers)
+    from exporters import harvest
+
+    harvest.register(subparsers)
     try:
         finetune = importlib.import_module("exporters.finetune")
     except ModuleNotFoundError as exc:

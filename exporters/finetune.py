@@ -62,13 +62,36 @@ def _seed_everything(seed: int, threads: int):
     return torch
 
 
-def _train_pass(model, columns: list[list[str]], settings: FinetuneSettings, label: str) -> dict:
-    """One pass of MNRL over pre-built batches; each batch is a list of text columns (query, pos[, neg])."""
+def weighted_mnrl():
+    """MultipleNegativesRankingLoss with per-example weights (sentence-transformers' has none).
+
+    With weights w (a tensor passed as the labels), the loss is mean_i(w_i * CE_i), CE_i being query i's
+    InfoNCE term over every document of the batch: the inverse-propensity-weighted estimate of the loss clicks
+    would give without position bias. Without weights it is the parent's loss, unchanged.
+    """
     import torch
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
+    class WeightedMNRL(MultipleNegativesRankingLoss):
+        def compute_loss_from_embeddings(self, embeddings, labels):
+            if labels is None:
+                return super().compute_loss_from_embeddings(embeddings, labels)
+            queries, docs = embeddings[0], torch.cat(embeddings[1:], dim=0)
+            scores = self.similarity_fct(queries, docs) * self.scale
+            rows = torch.arange(queries.size(0), device=queries.device)
+            per_example = torch.logsumexp(scores, dim=1) - scores[rows, rows]
+            return (per_example * labels.to(per_example)).mean()
+
+    return WeightedMNRL
+
+
+def _train_pass(model, columns: list[tuple[list[list[str]], list[float] | None]], settings: FinetuneSettings,
+                label: str) -> dict:
+    """One pass of MNRL over pre-built batches: (text columns (query, pos[, neg]), per-row weights or None)."""
+    import torch
+
     steps_total = len(columns) if not settings.max_steps else min(len(columns), settings.max_steps)
-    loss_fn = MultipleNegativesRankingLoss(model, scale=settings.scale)
+    loss_fn = weighted_mnrl()(model, scale=settings.scale)
     decay = [p for n, p in model.named_parameters() if not any(s in n for s in ("bias", "LayerNorm"))]
     no_decay = [p for n, p in model.named_parameters() if any(s in n for s in ("bias", "LayerNorm"))]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
@@ -82,10 +105,10 @@ def _train_pass(model, columns: list[list[str]], settings: FinetuneSettings, lab
     # Each step takes seconds to tens of seconds on a CPU: every step gets a line, with the pass's ETA.
     meter = Progress(f"{label}: step", every=0, prefix="abgate finetune")
     per_epoch = max(1, -(-len(columns) // settings.epochs))
-    for step, batch in enumerate(columns[:steps_total], start=1):
+    for step, (batch, weights) in enumerate(columns[:steps_total], start=1):
         features = [{k: v.to(model.device) if hasattr(v, "to") else v for k, v in model.preprocess(texts).items()}
                     for texts in batch]
-        loss = loss_fn(features, None)
+        loss = loss_fn(features, None if weights is None else torch.tensor(weights, device=model.device))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -98,16 +121,27 @@ def _train_pass(model, columns: list[list[str]], settings: FinetuneSettings, lab
 
 
 def _batches(data: pairs_io.TrainingSet, negatives: list[str | None] | None, settings: FinetuneSettings,
-             rng: random.Random) -> list[list[list[str]]]:
+             rng: random.Random) -> list[tuple[list[list[str]], list[float] | None]]:
     items = [(p.query_id, p.positive_id, negatives[i] if negatives else None) for i, p in enumerate(data.pairs)]
+    weights = _normalized_weights(data)
     batches = []
     for _ in range(settings.epochs):
         for batch in pairs_io.no_duplicate_batches(items, settings.batch_size, data.positives, rng):
             cols = [[data.queries[q] for q, _, _ in batch], [data.documents[d] for _, d, _ in batch]]
             if negatives is not None:
                 cols.append([data.documents[n] for _, _, n in batch])
-            batches.append(cols)
+            batches.append((cols, None if weights is None else [weights[(q, d)] for q, d, _ in batch]))
     return batches
+
+
+def _normalized_weights(data: pairs_io.TrainingSet) -> dict[tuple[str, str], float] | None:
+    """(query id, positive id) -> weight / mean weight, so the weighted loss keeps the unweighted scale (and
+    the learning rate its meaning); None when every pair weighs the same (the plain MNRL path)."""
+    values = [p.weight for p in data.pairs]
+    if len(set(values)) <= 1:
+        return None
+    mean = sum(values) / len(values)
+    return {(p.query_id, p.positive_id): p.weight / mean for p in data.pairs}
 
 
 def _fill_negatives(data: pairs_io.TrainingSet, mined: list[str | None], rng: random.Random) -> tuple[list[str], int]:
@@ -213,6 +247,9 @@ def _record(data, base, out, settings, passes, mining_stats, timings, evaluation
         "settings": asdict(settings), "seed": settings.seed,
         "data": {**data.source, "checksum": data.checksum, "pairs": len(data.pairs), "queries": len(data.positives),
                  "pool": len(data.documents)},
+        "weighting": None if _normalized_weights(data) is None else {
+            "kind": "per-example weighted MNRL: mean_i(w_i * CE_i), weights divided by their mean",
+            "min": round(min(p.weight for p in data.pairs), 4), "max": round(max(p.weight for p in data.pairs), 4)},
         "passes": passes, "mining": mining_stats, "evaluation": evaluation, "timings": timings,
         "versions": {"torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__,
                      "transformers": transformers.__version__},
@@ -234,7 +271,14 @@ def _command(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise InputError("the output folder exists and is not empty; choose another or pass --overwrite.",
                          file=str(out))
-    if args.pairs:
+    if args.pairs and pairs_io.is_harvested(args.pairs):
+        # harvested pairs name documents by id: their texts come from the corpus the gateway served
+        corpus = Path(args.corpus) if args.corpus else Path(args.data) / "corpus.jsonl"
+        if not corpus.is_file():
+            raise InputError("a harvested pairs file names documents by id: give the served corpus with --corpus "
+                             "corpus.jsonl or --data BEIR_DIR.", file=str(corpus), field="--corpus")
+        data = pairs_io.load_harvested(args.pairs, corpus)
+    elif args.pairs:
         data = pairs_io.load_pairs_jsonl(args.pairs, corpus=args.corpus)
     else:
         data = pairs_io.load_beir(args.data, split=args.split)
@@ -278,7 +322,8 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=str(default_data_dir()), help="BEIR folder: pairs from qrels/<split>.tsv "
                    "(default: $ABGATE_DATA, $DATA or ../shared/data/scifact)")
     p.add_argument("--split", default="train", help="qrels split to train on (default: train)")
-    p.add_argument("--pairs", help="JSONL of {\"query\", \"positive\"[, \"negative\"]} instead of BEIR qrels")
+    p.add_argument("--pairs", help="JSONL of {\"query\", \"positive\"[, \"negative\"]} instead of BEIR qrels, or a "
+                   "file written by `abgate harvest` (doc ids, weights; texts from --corpus or --data)")
     p.add_argument("--corpus", help="with --pairs: a corpus.jsonl to mine negatives from (default: the pairs' texts)")
     p.add_argument("--passes", type=int, choices=(1, 2), default=s.passes)
     p.add_argument("--epochs", type=_positive_int, default=s.epochs, help="epochs per pass")

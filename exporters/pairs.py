@@ -6,6 +6,9 @@ Two sources, one result (`TrainingSet`):
   (query, document) row of the split; the whole corpus is the pool hard negatives are mined from.
 - a JSONL file of `{"query": ..., "positive": ...[, "negative": ...]}`: the pool is every positive and
   negative text in the file (or a BEIR `corpus.jsonl` given beside it).
+- a pairs file written by `abgate harvest` (`{"query", "positive": doc id, "weight", "negatives": [doc ids],
+  "provenance"}` + `<file>.meta.json`): documents are ids, so the corpus the gateway served is required, and a
+  file whose documents are mostly not in it (another corpus) is refused.
 
 Documents are "title text" joined by a space, the convention of BEIR's sentence-transformers evaluation, so
 that training sees documents the way `build-index` encodes them. No torch here: this module is pure Python.
@@ -27,6 +30,7 @@ class Pair:
     query: str
     positive_id: str
     negative_id: str | None = None  # a negative given by the source (JSONL); mining adds its own
+    weight: float = 1.0             # harvested pairs: clipped inverse-propensity weight of the clicks behind it
 
 
 @dataclass
@@ -190,6 +194,93 @@ def read_judgments(path: str | Path, data: TrainingSet) -> dict[str, dict[str, f
         raise InputError("no qrels file for --eval-split; expected it in the BEIR folder's qrels/.", file=str(path))
     _, positives = _read_qrels(path, data.queries, data.documents, hashlib.sha256())
     return {q: {d: 1.0 for d in docs} for q, docs in positives.items()}
+
+
+META_SUFFIX = ".meta.json"
+
+
+def fingerprint(doc_ids) -> str:
+    """sha256 of the sorted distinct doc ids, one per line: the same documents give the same value."""
+    return hashlib.sha256("\n".join(sorted(set(doc_ids))).encode("utf-8")).hexdigest()
+
+
+def is_harvested(path: str | Path) -> bool:
+    """A harvest file has a manifest beside it, or rows that name documents by id with weights."""
+    path = Path(path)
+    if Path(str(path) + META_SUFFIX).is_file():
+        return True
+    try:
+        with path.open("rb") as handle:
+            first = next((line for line in handle if line.strip()), b"")
+        row = json.loads(first) if first else {}
+    except (OSError, ValueError):
+        return False  # the plain reader reports the problem with its line
+    return isinstance(row, dict) and ("negatives" in row or "provenance" in row)
+
+
+def load_harvested(path: str | Path, corpus: str | Path) -> TrainingSet:
+    """Pairs from `abgate harvest`: doc ids resolved in `corpus` (a corpus.jsonl), weights kept per pair."""
+    path, corpus = Path(path), Path(corpus)
+    hasher = hashlib.sha256()
+    documents = read_corpus(corpus, hasher)
+    raw = path.read_bytes() if path.is_file() else b""
+    rows = _read_jsonl(path, hasher)
+    meta_path = Path(str(path) + META_SUFFIX)
+    meta = None
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"the harvest manifest is not valid JSON ({exc}); harvest again.",
+                             file=str(meta_path)) from None
+    checked = []
+    for number, row in rows:
+        for name in ("query", "positive"):
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise InputError(f"needs a non-empty string \"{name}\".", file=str(path), line=number, field=name)
+        weight = row.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise InputError("\"weight\" must be a positive number.", file=str(path), line=number, field="weight")
+        negatives = row.get("negatives", [])
+        if not isinstance(negatives, list) or not all(isinstance(d, str) for d in negatives):
+            raise InputError("\"negatives\" must be a list of doc ids.", file=str(path), line=number,
+                             field="negatives")
+        checked.append((row["query"], row["positive"], float(weight), negatives))
+    if not checked:
+        raise InputError("the pairs file is empty; harvest a window with satisfied clicks.", file=str(path))
+    referenced = {p for _, p, _, _ in checked} | {d for *_, negs in checked for d in negs}
+    recorded = ((meta or {}).get("corpus") or {}).get("fingerprint")
+    if recorded and recorded != fingerprint(referenced):
+        raise InputError("the manifest beside this pairs file describes other documents (corpus fingerprint "
+                         "differs): the file was edited or the manifest belongs to another harvest; harvest again.",
+                         file=str(meta_path), field="corpus.fingerprint")
+    unknown = referenced - set(documents)
+    if len(unknown) * 2 > len(referenced):
+        raise InputError(f"{len(unknown)} of the {len(referenced)} documents it names are not in {corpus} (e.g. "
+                         f"{sorted(unknown)[0]!r}): it was harvested from another corpus; give the corpus the "
+                         "gateway served with --corpus or --data.", file=str(path), field="positive")
+    queries: dict[str, str] = {}
+    positives: dict[str, set[str]] = {}
+    for query, positive, _, _ in checked:
+        if positive in documents:
+            query_id = _text_id("q", query)
+            queries[query_id] = query
+            positives.setdefault(query_id, set()).add(positive)
+    pairs = []
+    for query, positive, weight, negatives in checked:
+        if positive not in documents:
+            continue
+        query_id = _text_id("q", query)
+        # the most often skipped result that is a known document and not a positive of this query
+        negative = next((d for d in negatives if d in documents and d not in positives[query_id]), None)
+        pairs.append(Pair(query_id, query, positive, negative, weight))
+    source = {"kind": "harvest", "path": str(path), "corpus": str(corpus),
+              "pairs_sha256": hashlib.sha256(raw).hexdigest(), "unknown_documents": len(unknown),
+              "dropped_pairs": len(checked) - len(pairs), "with_negative": sum(p.negative_id is not None for p in pairs),
+              "harvest": {k: (meta or {}).get(k) for k in ("created", "window", "rules", "weights", "counts", "corpus",
+                                                             "propensities", "exclusion")} if meta else None}
+    return TrainingSet(pairs=pairs, queries=queries, documents=documents, positives=positives,
+                       checksum=hasher.hexdigest(), source=source)
 
 
 def no_duplicate_batches(items: list[tuple[str, str, str | None]], batch_size: int,

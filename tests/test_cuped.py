@@ -16,7 +16,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from conftest import STORES, drop_server_database, store_dsn
+from stores import STORES, drop_server_database, store_dsn
 
 from dashboards.pages import render_report
 from experiments.report import build_report

@@ -6,6 +6,7 @@ the minutes of the real run (whose figures are in docs/finetuning.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import subprocess
@@ -256,3 +257,61 @@ def test_finetune_module_does_not_import_torch():
             "bad = [m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules]; "
             "sys.exit(bool(bad))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# -- harvested pairs (issue 14): doc ids resolved in the served corpus, per-example weights --------------------
+
+def _harvest_file(folder: Path, rows: list[dict], corpus_ids: list[str]) -> tuple[Path, Path]:
+    corpus = folder / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": d, "title": "", "text": f"document {d}"}) + "\n" for d in corpus_ids))
+    pairs = folder / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r | {"provenance": {"clicks": 1}}) + "\n" for r in rows))
+    return pairs, corpus
+
+
+def test_harvested_pairs_resolve_ids_keep_weights_and_drop_a_few_unknown(tmp_path):
+    from exporters.pairs import is_harvested, load_harvested
+
+    rows = [{"query": "q one", "positive": "a", "weight": 2.5, "negatives": ["zz", "b", "a"]},
+            {"query": "q two", "positive": "b", "weight": 1.0, "negatives": []},
+            {"query": "q two", "positive": "c", "weight": 4.0, "negatives": ["b"]},
+            {"query": "q three", "positive": "gone", "weight": 1.0, "negatives": []}]
+    pairs, corpus = _harvest_file(tmp_path, rows, ["a", "b", "c", "d"])
+    assert is_harvested(pairs)
+    data = load_harvested(pairs, corpus)
+    assert [(p.query, p.positive_id, p.weight, p.negative_id) for p in data.pairs] == [
+        ("q one", "a", 2.5, "b"),       # the first known negative that is not a positive of the query
+        ("q two", "b", 1.0, None),
+        ("q two", "c", 4.0, None)]      # "b" is a positive of "q two": never its negative
+    assert data.documents["a"] == "document a" and len(data.documents) == 4
+    assert data.source["dropped_pairs"] == 1 and data.source["unknown_documents"] == 2
+    assert data.source["pairs_sha256"] == hashlib.sha256(pairs.read_bytes()).hexdigest()
+
+
+def test_harvested_pairs_from_another_corpus_are_refused(tmp_path):
+    from exporters.pairs import load_harvested
+
+    rows = [{"query": f"q{i}", "positive": f"x{i}", "weight": 1.0, "negatives": []} for i in range(4)]
+    pairs, corpus = _harvest_file(tmp_path, rows, ["x0", "other1", "other2"])
+    with pytest.raises(InputError) as info:
+        load_harvested(pairs, corpus)
+    assert "3 of the 4 documents" in info.value.message and "another corpus" in info.value.message
+
+
+def test_weighted_mnrl_is_mnrl_with_unit_weights_and_scales_each_example():
+    import torch
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
+    from exporters.finetune import weighted_mnrl
+
+    torch.manual_seed(0)
+    embeddings = [torch.nn.functional.normalize(torch.randn(4, 8), dim=1) for _ in range(3)]
+    weighted, plain = weighted_mnrl()(None, scale=20.0), MultipleNegativesRankingLoss(None, scale=20.0)
+    reference = plain.compute_loss_from_embeddings(embeddings, None)
+    assert torch.allclose(weighted.compute_loss_from_embeddings(embeddings, torch.ones(4)), reference)
+    assert torch.equal(weighted.compute_loss_from_embeddings(embeddings, None), reference)
+    # one example alone: its weight times its own cross-entropy, over the batch size
+    only_first = weighted.compute_loss_from_embeddings(embeddings, torch.tensor([3.0, 0.0, 0.0, 0.0]))
+    scores = embeddings[0] @ torch.cat(embeddings[1:]).T * 20.0
+    first = torch.logsumexp(scores[0], 0) - scores[0, 0]
+    assert torch.allclose(only_first, 3.0 * first / 4)

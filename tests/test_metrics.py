@@ -7,7 +7,7 @@ from datetime import date, datetime, time, timedelta, timezone
 import numpy as np
 import pytest
 
-from conftest import STORES, drop_server_database, store_dsn
+from stores import STORES, drop_server_database, store_dsn
 
 from experiments import metrics as m
 from experiments.metrics_sql import collect

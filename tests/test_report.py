@@ -9,7 +9,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from conftest import STORES, drop_server_database, store_dsn
+from stores import STORES, drop_server_database, store_dsn
 import yaml
 from scipy import stats
 

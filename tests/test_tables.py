@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import STORES, drop_server_database, store_dsn
+from stores import STORES, drop_server_database, store_dsn
 
 from event_samples import feedback, impression, stored
 from gateway.eventlog import events, store, tables

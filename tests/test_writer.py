@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import STORES, drop_server_database, store_dsn
+from stores import STORES, drop_server_database, store_dsn
 
 from event_samples import feedback, impression, stored
 from gateway.eventlog import store
