@@ -110,7 +110,7 @@ def numpy_reference(log: EventLog, name: str, control: str = "control", treatmen
 
 @pytest.fixture(scope="module", params=STORES)
 def client(tmp_path_factory, request):
-    dsn = store_dsn(request.param, tmp_path_factory.mktemp('cuped-store'), "cuped_tests")
+    dsn = store_dsn(request.param, tmp_path_factory.mktemp('cuped-store'), "abgate")  # the report queries name the abgate database
     client = store.connect(dsn)
     tables.migrate(client)
     logs = {"cup": make_log("cup", 1500, seed=21, pre_share=0.8)[0],

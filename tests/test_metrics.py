@@ -21,7 +21,7 @@ DAYS = 3
 
 @pytest.fixture(scope="module", params=STORES)
 def client(tmp_path_factory, request):
-    dsn = store_dsn(request.param, tmp_path_factory.mktemp('metrics-store'), "metrics_tests")
+    dsn = store_dsn(request.param, tmp_path_factory.mktemp('metrics-store'), "abgate")  # the report queries name the abgate database
     client = store.connect(dsn)
     tables.migrate(client)
     yield client

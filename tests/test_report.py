@@ -27,7 +27,7 @@ DAYS = 4
 @pytest.fixture(scope="module", params=STORES)
 def client(tmp_path_factory, request):
     path = tmp_path_factory.mktemp("report-store")
-    dsn = store_dsn(request.param, path, "report_tests")
+    dsn = store_dsn(request.param, path, "abgate")  # the report queries name the abgate database
     client = store.connect(dsn)
     tables.migrate(client)
     logs = {
