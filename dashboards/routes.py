@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import structlog
 from litestar import Response, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -28,6 +29,8 @@ from litestar.params import SkipValidation
 from dashboards import pages
 from dashboards.designs import render_page
 from experiments.report import build_report
+
+log = structlog.get_logger("abgate.dashboard")
 
 
 @dataclass
@@ -53,8 +56,11 @@ class DashboardSource:
             cached = self._cache.get(name)
             if cached and cached[1] is experiment and self.clock() - cached[0] < self.ttl_s:
                 return cached[2]
+            started = time.perf_counter()
             report = build_report(self.client(), experiment)
             self.builds += 1
+            log.info("report built", experiment=name, seconds=round(time.perf_counter() - started, 2),
+                     builds=self.builds)
             self._cache[name] = (self.clock(), experiment, report)
             return report
 
