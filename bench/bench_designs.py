@@ -27,30 +27,10 @@ import bench_gateway as bg  # noqa: E402
 import httpx  # noqa: E402
 
 
-def write(folder: Path, encoder: Path, index: Path, design: str, extra: str = "") -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "bench.yaml").write_text(f"""name: bench
-description: The cost of the design on the serving path.
-owner: bench
-layer: retrieval
-unit: user
-salt: bench-designs
-status: running
-start: 2020-01-01T00:00:00Z
-allocation: 1.0
-control: a
-arms:
-  - {{name: a, weight: 1, encoder: {encoder}, index: {index}, top_k: 10}}
-  - {{name: b, weight: 1, encoder: {encoder}, index: {index}, top_k: 10}}
-metrics: {{primary: ctr}}
-design: {{type: {design}, mde: 0.02}}
-{extra}""")
-
-
 def run(work: Path, name: str, design: str, queries: list[str], encoder: Path, index: Path,
         extra_args: list[str] = (), extra_yaml: str = "") -> dict:
     experiments = work / name / "experiments"
-    write(experiments, encoder, index, design, extra_yaml)
+    bg.write_experiment(experiments, encoder, index, design, extra_yaml)
     server = bg.GatewayProcess(["--experiments", str(experiments), "--state-file", str(work / name / "state.json"),
                                 "--dsn", f"chdb://{work / name / 'store'}", "--spool-dir", str(work / name / "spool"),
                                 "--no-access-log", *extra_args], log_path=work / name / "server.log").start()

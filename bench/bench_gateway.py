@@ -104,7 +104,8 @@ def reference(encoder_dir: Path, index_dir: Path, queries: list[str], threads: i
     return len(queries) / (time.perf_counter() - started), (time.process_time() - cpu) * 1000 / len(queries)
 
 
-def write_experiment(folder: Path, encoder_dir: Path, index_dir: Path) -> None:
+def write_experiment(folder: Path, encoder_dir: Path, index_dir: Path, design: str = "ab", extra: str = "") -> None:
+    """Two arms on the same artifacts; `design` and `extra` (more top-level YAML) serve bench_designs.py."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench.yaml").write_text(f"""name: bench
 description: Gateway benchmark, two arms on the same artifacts.
@@ -120,8 +121,8 @@ arms:
   - {{name: a, weight: 1, encoder: {encoder_dir}, index: {index_dir}, top_k: 10}}
   - {{name: b, weight: 1, encoder: {encoder_dir}, index: {index_dir}, top_k: 10}}
 metrics: {{primary: ctr}}
-design: {{mde: 0.02}}
-""")
+design: {{type: {design}, mde: 0.02}}
+{extra}""")
 
 
 def start_server(workdir: Path, experiments: Path, events: bool, threads: int, device: str, access_log: bool,

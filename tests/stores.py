@@ -29,3 +29,8 @@ def drop_server_database(kind: str, dsn: str) -> None:
 
         with store.connect(dsn) as client:
             client.command(f"DROP DATABASE IF EXISTS `{client.database}`")
+
+
+def per_test_database(prefix: str, request) -> str:
+    """A database name of the running test's own: modules share one engine folder, tests stay apart."""
+    return prefix + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:40]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stores import STORES, drop_server_database, store_dsn
+from stores import STORES, drop_server_database, store_dsn, per_test_database
 
 from event_samples import feedback, impression, stored
 from gateway.eventlog import events, store, tables
@@ -23,7 +23,7 @@ def folder(tmp_path_factory, request):
 def client(folder, request):
     # One engine folder per module (chdb opens one per process); a database per test keeps tests apart.
     kind, path = folder
-    db = "t_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:40]
+    db = per_test_database("t_", request)
     dsn = store_dsn(kind, path, db)
     with store.connect(dsn) as client:
         yield client

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stores import STORES, drop_server_database, store_dsn
+from stores import STORES, drop_server_database, store_dsn, per_test_database
 
 from event_samples import feedback, impression, stored
 from gateway.eventlog import store
@@ -22,7 +22,7 @@ def folder(tmp_path_factory, request):
 @pytest.fixture
 def dsn(folder, request):
     kind, path = folder
-    name = "w_" + request.node.name.replace("[", "_").replace("]", "").replace("-", "_")[:40]
+    name = per_test_database("w_", request)
     dsn = store_dsn(kind, path, name)
     yield dsn
     drop_server_database(kind, dsn)
