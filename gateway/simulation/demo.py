@@ -41,10 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="cumulative simulated users after which the reports are read (whole layer: 90%% go to "
                         "the A/B test, 10%% to the A/A test); default: from the volume study, 60%% and 100%% "
                         "of the volume it finds for 90%% power")
-    p.add_argument("--max-users", type=int, default=16000,
+    p.add_argument("--max-users", type=int, default=36000,
                    help="traffic budget: the default stages stop here even when the volume study asks for more "
-                        "(about 6 searches per user; with the query cache a 2-core machine serves about 100 "
-                        "searches/s, so 16,000 users take about 15 minutes)")
+                        "(about 3 searches per user; with the query cache a 2-core machine serves about 300 "
+                        "searches/s, so 36,000 users take about 6 minutes)")
     p.add_argument("--all-stages", action="store_true", help="go on after the A/B test has a verdict")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=32)
