@@ -134,3 +134,47 @@ TTL toDateTime(ts) + toIntervalDay(400);
 
 CREATE TABLE IF NOT EXISTS abgate.shadow_results ON CLUSTER abgate AS abgate.shadow_results_local
 ENGINE = Distributed(abgate, abgate, shadow_results_local, cityHash64(unit_id));
+
+CREATE TABLE IF NOT EXISTS abgate.unit_aggregates_local ON CLUSTER abgate (
+    experiment LowCardinality(String),
+    spec LowCardinality(String),
+    arm LowCardinality(String),
+    unit_id String,
+    days Array(Date),
+    d_searches Array(Float64),
+    d_clicks Array(Float64),
+    d_clicked Array(Float64),
+    d_rr Array(Float64),
+    d_dwell_ok Array(Float64),
+    d_conversions Array(Float64),
+    d_zero_results Array(Float64),
+    custom Map(String, Array(Float64)),
+    latency AggregateFunction(quantilesBFloat16(0.8, 0.805, 0.81, 0.815, 0.82, 0.825, 0.83, 0.835, 0.84, 0.845, 0.85, 0.855, 0.86, 0.865, 0.87, 0.875, 0.88, 0.885, 0.89, 0.895, 0.9, 0.905, 0.91, 0.915, 0.92, 0.925, 0.93, 0.935, 0.94, 0.945, 0.95, 0.955, 0.96, 0.965, 0.97, 0.975, 0.98, 0.985, 0.99, 0.995), Float64),
+    encoders Array(LowCardinality(String)),
+    indexes Array(LowCardinality(String)),
+    last_ts DateTime64(3, 'UTC'),
+    version UInt64
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/abgate/unit_aggregates_local', '{replica}', version)
+ORDER BY (experiment, spec, arm, unit_id);
+
+CREATE TABLE IF NOT EXISTS abgate.unit_aggregates ON CLUSTER abgate AS abgate.unit_aggregates_local
+ENGINE = Distributed(abgate, abgate, unit_aggregates_local, cityHash64(unit_id));
+
+CREATE TABLE IF NOT EXISTS abgate.aggregate_state_local ON CLUSTER abgate (
+    experiment LowCardinality(String),
+    spec String,
+    watermark DateTime64(3, 'UTC'),
+    buckets UInt32,
+    buckets_done UInt32,
+    updated_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/abgate/aggregate_state_local', '{replica}', updated_at)
+ORDER BY (experiment, spec);
+
+CREATE TABLE IF NOT EXISTS abgate.aggregate_state ON CLUSTER abgate AS abgate.aggregate_state_local
+ENGINE = Distributed(abgate, abgate, aggregate_state_local, cityHash64(experiment));
+
+ALTER TABLE abgate.impressions_local ON CLUSTER abgate ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1;
+
+ALTER TABLE abgate.feedback_local ON CLUSTER abgate ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1;

@@ -15,6 +15,9 @@ Python sums the per-day changes: day L's running totals are exactly the sums a r
 day L would get (the units seen so far, each with its events so far). So the sequential chart costs no
 second scan, and the array work is one row per (unit, active day) for one metric only.
 Values are passed as query parameters; identifiers come only from code (the database name is checked).
+experiments/aggregates.py subclasses MetricQueries to read per-unit aggregates instead of `searches`.
+Longer than 350 lines because the series query is one piece (its CTEs, layout and CUPED join are built
+together); it is split only where aggregates.py overrides it (head_ctes, units_select, arm_summaries).
 """
 
 from __future__ import annotations
@@ -39,11 +42,8 @@ UNIT_COLUMNS = {
     "conversions": "i_conversions",
     "zero_results": "i_results = 0",
 }
-# Appended to the main query. ClickHouse remembers the size of each join's hash table and preallocates it on
-# the next run of the same query (collect_hash_table_stats_during_joins); for this query's ~10M-row
-# parallel_hash join that made every build after the first in a process ~1.7x the CPU of the first (18 ->
-# 30-34 CPU-s, peak RSS 1.7 -> 2.4 GB at 10M impressions; docs/reports.md "Performance"). Off, later builds
-# cost what the first does. The aggregation statistics are harmless (turning them off changed nothing).
+# Appended to the main query: with ClickHouse's remembered join sizes, every build after the first in a process
+# cost ~1.7x the CPU of the first (docs/reports.md "Performance"); off, later builds cost what the first does.
 SERIES_SETTINGS = "collect_hash_table_stats_during_joins = 0"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CUSTOM_FIELDS = FEEDBACK_FIELDS | IMPRESSION_FIELDS  # whitelisted in custom_metrics.py
@@ -114,16 +114,19 @@ class MetricQueries:
         return imp, fb, unit
 
     # -- the shared CTEs ----------------------------------------------------------------------------------
-    def searches_cte(self, prefix: str = "", imp_where: str = "", fb_where: str = "") -> str:
+    def searches_cte(self, prefix: str = "", imp_where: str = "", fb_where: str = "",
+                     extra: tuple[str, ...] = ()) -> str:
         """The `imp`, `fb` and `searches` CTEs (named with `prefix`); by default this experiment's enrolled
-        impressions in the window. The CUPED pre-period uses the same columns over other rows."""
+        impressions in the window. The CUPED pre-period uses the same columns over other rows; `extra`
+        ("expr AS i_name") adds impression columns (the aggregates' latency, checksums and times)."""
         imp_where = imp_where or (f"experiment = {{experiment:String}} AND enrolled {self.start_clause} "
                                   f"AND ts < {{end:DateTime64(3, 'UTC')}}")
         fb_where = fb_where or "experiment = {experiment:String}"
-        imp_extra = "".join(", " + c for c in self._imp_custom)
+        imp_extra = "".join(", " + c for c in (*self._imp_custom, *extra))
         fb_extra = "".join(", " + c for c in self._fb_custom)
         fb_cols = "".join(f", fb.{c.rsplit(' AS ', 1)[1]} AS {c.rsplit(' AS ', 1)[1]}" for c in self._fb_custom)
-        imp_cols = "".join(f", imp.{c.rsplit(' AS ', 1)[1]} AS {c.rsplit(' AS ', 1)[1]}" for c in self._imp_custom)
+        imp_cols = "".join(f", imp.{c.rsplit(' AS ', 1)[1]} AS {c.rsplit(' AS ', 1)[1]}"
+                           for c in (*self._imp_custom, *extra))
         p = prefix
         return f"""
 {p}imp AS (
@@ -211,16 +214,8 @@ class MetricQueries:
                 cross += [total(f"sum(cdv * {w} - pcdv * {w})") for w in ("cx", "cz")]
             daily_cov = x_terms + cross
         needed = {"searches"} | set(charted.columns if charted is not None else ())
-        cum_arrays = ", ".join(
-            f"arrayFilter((v, e) -> e, arrayCumSum(arraySort((v, d) -> d, groupArray(toFloat64({expr})), "
-            f"groupArray(day))), ends) AS c_{n}" for n, expr in columns if n in needed)
-        totals = ", ".join(f"sum(toFloat64({expr})) AS {n}" for n, expr in columns)
-        sql = (f"WITH {self.searches_cte()},{pre_ctes}\n"
-               f"units AS (SELECT arm{', unit_id' if cov_join else ''}, arraySort(groupArray(day)) AS all_days, "
-               f"arrayMap(k -> k = length(all_days) OR all_days[k] != all_days[k + 1], arrayEnumerate(all_days)) "
-               f"AS ends, "
-               f"arrayFilter((v, e) -> e, all_days, ends) AS days, {cum_arrays}, {totals} "
-               f"FROM searches GROUP BY arm, unit_id),\n"
+        sql = (f"WITH {self.head_ctes()}{pre_ctes}\n"
+               f"units AS ({self.units_select(columns, needed, bool(cov_join))}),\n"
                f"steps AS (SELECT arm, days, arrayPopFront(arrayDifference(arrayPushFront(c_searches, 0.))) "
                f"AS day_searches{''.join(', ' + a for a in arrays)}"
                f"{''.join(f', {expr} AS {alias}' for expr, alias in scalars.items())}{cov_cols} FROM units{cov_join})\n"
@@ -230,6 +225,21 @@ class MetricQueries:
                f"{''.join(', ' + j for j in joins)}\n"
                f"GROUP BY day, arm ORDER BY day, arm\nSETTINGS {SERIES_SETTINGS}")
         return sql, finals, charted_layout, (cov_layout, daily_cov)
+
+    def head_ctes(self) -> str:  # the CTEs `units` reads: the raw events (aggregates.py reads none)
+        return self.searches_cte() + ","
+
+    def units_select(self, columns, needed: set, with_unit: bool) -> str:
+        """One row per (arm, unit): its active days, the day-sorted cumulative arrays c_NAME of the columns in
+        `needed` (cut at the end of each active day), and every column's total, from the raw events."""
+        cum_arrays = ", ".join(
+            f"arrayFilter((v, e) -> e, arrayCumSum(arraySort((v, d) -> d, groupArray(toFloat64({expr})), "
+            f"groupArray(day))), ends) AS c_{n}" for n, expr in columns if n in needed)
+        totals = ", ".join(f"sum(toFloat64({expr})) AS {n}" for n, expr in columns)
+        return (f"SELECT arm{', unit_id' if with_unit else ''}, arraySort(groupArray(day)) AS all_days, "
+                f"arrayMap(k -> k = length(all_days) OR all_days[k] != all_days[k + 1], arrayEnumerate(all_days)) "
+                f"AS ends, arrayFilter((v, e) -> e, all_days, ends) AS days, {cum_arrays}, {totals} "
+                f"FROM searches GROUP BY arm, unit_id")
 
     def _covariate(self, charted: MetricDef | None, columns, scalars: dict, total) -> tuple[str, str, str, list]:
         """CUPED: the charted (primary) metric per unit over the pre-period [pre_start, pre_end), from every
@@ -328,13 +338,14 @@ class MetricQueries:
 
 def collect(client, experiment, *, metrics: dict[str, MetricDef], database: str = "abgate",
             dwell_threshold: float = DEFAULT_DWELL_THRESHOLD_S, cumulative_metric: str | None = None,
-            now: datetime | None = None) -> ExperimentData:
-    """Run the metric queries for one experiment (an experiments.schema.Experiment) and return the sums."""
+            now: datetime | None = None, source=None) -> ExperimentData:
+    """Run the metric queries for one experiment (an experiments.schema.Experiment) and return the sums.
+    `source`: a MetricQueries subclass (experiments/aggregates.py) that reads something else than raw events."""
     window = analysis_window(experiment.start, experiment.end, now)
     pre_days = getattr(getattr(experiment, "design", None), "cuped_pre_days", None)
     pre_window = (experiment.start - timedelta(days=pre_days), experiment.start) \
         if pre_days and experiment.start is not None else None
-    query = MetricQueries(database, experiment.name, window, dwell_threshold, metrics, pre_window)
+    query = (source or MetricQueries)(database, experiment.name, window, dwell_threshold, metrics, pre_window)
     metric = metrics.get(cumulative_metric) if cumulative_metric else None
     stats, daily, by_day, traffic, covariate, cov_by_day = query.series(client, metric)
     arms = query.arm_summaries(client, traffic)

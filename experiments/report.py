@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 
 from experiments import metrics as m
 from experiments.custom_metrics import definitions
-from experiments.metrics_sql import collect
+from experiments.aggregates import collect_data
 from experiments.offline_compare import offline_comparison
 from experiments.stats import MetricSpec, AnalysisSettings, analyze, sequential_test, z_test, welch_t_test
 from experiments.stats.cuped import cuped_adjust, cuped_test
@@ -285,8 +285,8 @@ def _cuped(experiment, data) -> dict | None:
 
 def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = None, database: str = "abgate",
                  dwell_threshold: float = m.DEFAULT_DWELL_THRESHOLD_S, correction: str = "holm",
-                 now: datetime | None = None) -> dict:
-    """The full report for one experiment (an experiments.schema.Experiment) as JSON-ready data."""
+                 now: datetime | None = None, exact: bool = False, progress=None) -> dict:
+    """The full report of an experiment (schema.Experiment), JSON-ready; `exact`: from raw events, not aggregates."""
     design = getattr(experiment.design, "type", None) or "ab"
     if design == "interleaving":
         return interleaving_report(client, experiment, database=database, now=now)
@@ -299,8 +299,8 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
     secondary += [c for c in (custom or {}) if c not in secondary and c != spec.primary]
     guard = [g.metric for g in spec.guardrails]
     metrics, unknown = m.resolve_metrics(primary + secondary + guard, custom)
-    data = collect(client, experiment, metrics=metrics, database=database, dwell_threshold=dwell_threshold,
-                     cumulative_metric=spec.primary if spec.primary in metrics else None, now=now)
+    data, source = collect_data(client, experiment, metrics=metrics, database=database, now=now, exact=exact,
+                                dwell_threshold=dwell_threshold, progress=progress, cumulative_metric=spec.primary if spec.primary in metrics else None)
     known = [n for n in secondary if n in metrics]
     primary_rows = _analyse(experiment, data, [n for n in primary if n in metrics], "primary", correction)
     secondary_rows = _analyse(experiment, data, known, "secondary", correction)
@@ -326,6 +326,7 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
                        "primary": spec.primary, "source": experiment.source},
         "window": {"start": _iso(data.window[0]), "end": _iso(data.window[1])},
         "generated_at": _iso(datetime.now(timezone.utc)),
+        "source": source,
         "settings": {"alpha": experiment.design.alpha, "sequential": experiment.design.sequential,
                      "correction": correction, "tuning": _settings(experiment).tuning,
                      "dwell_threshold_s": dwell_threshold, "srm_threshold": 0.001},

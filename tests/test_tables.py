@@ -35,10 +35,10 @@ def test_migrate_is_idempotent_and_versioned(client):
     assert first["applied"] == [m.version for m in tables.MIGRATIONS]
     assert tables.migrate(client)["applied"] == []
     versions = client.query(f"SELECT version FROM schema_migrations ORDER BY version").result_rows
-    assert [v for (v,) in versions] == [1, 2, 3, 4]
+    assert [v for (v,) in versions] == [1, 2, 3, 4, 5]
     names = {name for (name,) in client.query("SHOW TABLES").result_rows}
     assert {"impressions", "feedback", "offline_eval", "offline_eval_queries", "schema_migrations",
-            "impressions_unique", "feedback_unique"} <= names
+            "impressions_unique", "feedback_unique", "unit_aggregates", "aggregate_state"} <= names
 
 
 def test_tables_follow_the_design(client):
@@ -102,7 +102,10 @@ def test_cluster_ddl_parses_and_shards_by_unit(client):
         client.query("SELECT formatQuery({q:String})", parameters={"q": statement})
     text = "\n".join(statements)
     assert "ON CLUSTER prod" in text
-    assert text.count("ReplicatedReplacingMergeTree") == 7  # schema_migrations + 6 tables (events, offline, designs)
+    # schema_migrations + 8 tables (events, offline, designs, aggregates)
+    assert text.count("ReplicatedReplacingMergeTree") == 9
+    assert "Distributed(prod, abgate, unit_aggregates_local, cityHash64(unit_id))" in text
+    assert "'{replica}', version)" in text  # the aggregates' newest computation wins
     assert "Distributed(prod, abgate, impressions_local, cityHash64(unit_id))" in text
     assert "Distributed(prod, abgate, feedback_local, cityHash64(unit_id))" in text
     assert "Distributed(prod, abgate, interleavings_local, cityHash64(unit_id))" in text

@@ -29,6 +29,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     migrate.add_argument("--json", action="store_true", help="print the result as JSON")
     migrate.set_defaults(func=_explained(run_migrate))
 
+    backfill = db_sub.add_parser("backfill", help="build an experiment's per-unit aggregates from the events "
+                                 "already logged (resumable, with progress)")
+    backfill.add_argument("experiment", help="the experiment's name (its `name:` in the YAML)")
+    backfill.add_argument("--experiments", default=None, help="folder of experiment YAML files")
+    _dsn(backfill)
+    backfill.add_argument("--buckets", type=int, default=16,
+                          help="unit buckets a new build goes through one by one (default 16; memory per "
+                               "bucket ~ 1/N of a raw-event report's)")
+    backfill.add_argument("--dwell-threshold", type=float, default=30.0,
+                          help="the dwell threshold the reports will use (default 30 s, as `abgate report`)")
+    backfill.add_argument("--rebuild", action="store_true",
+                          help="start over even when aggregates exist (they are replaced unit by unit)")
+    backfill.add_argument("--stop-after", type=int, default=None, metavar="N",
+                          help="stop after N buckets; the next run resumes there")
+    backfill.add_argument("--json", action="store_true", help="print the result as JSON")
+    backfill.set_defaults(func=_explained(run_backfill))
+
     ev = subparsers.add_parser("events", help="inspect the logged impressions and feedback")
     ev_sub = ev.add_subparsers(dest="events_command", metavar="ACTION", required=True)
     count = ev_sub.add_parser("count", help="impressions, units and feedback per experiment and arm")
@@ -84,6 +101,38 @@ def run_migrate(args: argparse.Namespace) -> int:
         applied = ", ".join(map(str, result["applied"])) or "none (already up to date)"
         print(f"{result['dsn']}: database {result['database']} at schema version {result['version']}; "
               f"migrations applied now: {applied}")
+    return 0
+
+
+def run_backfill(args: argparse.Namespace) -> int:
+    from experiments import aggregates
+    from experiments.custom_metrics import definitions
+    from gateway.commands.report import experiments_dir, find_experiment
+
+    if args.buckets < 1:
+        raise InputError("must be at least 1", field="--buckets")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise InputError("must be at least 1", field="--stop-after")
+    experiment = find_experiment(experiments_dir(args.experiments), args.experiment)
+    design = getattr(experiment.design, "type", None) or "ab"
+    if design != "ab":
+        raise InputError(f"{experiment.name} is a {design} experiment: its report reads its own tables "
+                         "(interleavings, shadow_results), which need no aggregates", field="experiment")
+    metrics = definitions(list(experiment.custom_metrics))  # the spec depends on the custom metrics only
+    with connect(args.dsn) as client:
+        tables.migrate(client)
+        result = aggregates.refresh(client, experiment, metrics, dwell_threshold=args.dwell_threshold,
+                                    buckets=args.buckets, rebuild=args.rebuild, max_buckets=args.stop_after,
+                                    progress=sys.stderr)
+    out = {"experiment": experiment.name} | result.to_dict()
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif result.complete:
+        print(f"{experiment.name}: aggregates current ({result.mode}: {result.units:,} units in "
+              f"{result.seconds:.1f} s)")
+    else:
+        print(f"{experiment.name}: {result.buckets_done} of {result.buckets} buckets built; run the same "
+              "command again to go on")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`abgate report EXPERIMENT [--dsn DSN] [--experiments DIR] [--json] [--html OUT]`.
+"""`abgate report EXPERIMENT [--dsn DSN] [--experiments DIR] [--json] [--html OUT] [--exact]`.
 
 Prints the verdict as a terminal table (default), the full report as JSON (`--json`), and/or writes the
 dashboard page as one static HTML file (`--html OUT`: inline CSS and SVG, opens offline). The experiment is
@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--html", default=None, metavar="OUT", help="also write the dashboard page to OUT")
     parser.add_argument("--dwell-threshold", type=float, default=30.0,
                         help="seconds of dwell that count as a success (default 30)")
+    parser.add_argument("--exact", action="store_true",
+                        help="read the raw events instead of the per-unit aggregates (slower; the same numbers, "
+                             "latency quantiles exact rather than within 0.4%%)")
     parser.add_argument("--correction", choices=("holm", "bh", "none"), default="holm",
                         help="multiple-testing correction (default holm)")
     parser.set_defaults(func=run_report)
@@ -76,7 +79,7 @@ def run_report(args: argparse.Namespace) -> int:
     print(f"abgate: computing the report of {experiment.name} ...", file=sys.stderr)
     with store.connect(args.dsn) as client:
         report = build_report(client, experiment, dwell_threshold=args.dwell_threshold,
-                              correction=args.correction)
+                              correction=args.correction, exact=args.exact, progress=sys.stderr)
     if args.html:
         Path(args.html).parent.mkdir(parents=True, exist_ok=True)
         Path(args.html).write_text(render_report(report), encoding="utf-8")

@@ -100,6 +100,43 @@ SHADOW_RESULTS_COLUMNS = """
     latency_ms Float64,
     error String"""
 
+# Per-unit aggregates (experiments/aggregates.py): one row per (experiment, spec, arm, unit), recomputed whole
+# from the deduplicated events whenever the unit has new events, so a replayed batch cannot count twice. Per
+# active day d_NAME[i] is the day's sum of a per-impression column (UNIT_COLUMNS of experiments/metrics_sql.py);
+# `spec` names the definitions they were computed under (window, dwell threshold, custom metrics).
+UNIT_AGGREGATES_COLUMNS = """
+    experiment LowCardinality(String),
+    spec LowCardinality(String),
+    arm LowCardinality(String),
+    unit_id String,
+    days Array(Date),
+    d_searches Array(Float64),
+    d_clicks Array(Float64),
+    d_clicked Array(Float64),
+    d_rr Array(Float64),
+    d_dwell_ok Array(Float64),
+    d_conversions Array(Float64),
+    d_zero_results Array(Float64),
+    custom Map(String, Array(Float64)),
+    latency AggregateFunction(quantilesBFloat16(LATENCY_LEVELS), Float64),
+    encoders Array(LowCardinality(String)),
+    indexes Array(LowCardinality(String)),
+    last_ts DateTime64(3, 'UTC'),
+    version UInt64"""
+
+# What each experiment's aggregates cover: built under `spec` through `buckets_done` of `buckets` unit buckets
+# (a backfill resumes there), and current up to events inserted at `watermark`.
+AGGREGATE_STATE_COLUMNS = """
+    experiment LowCardinality(String),
+    spec String,
+    watermark DateTime64(3, 'UTC'),
+    buckets UInt32,
+    buckets_done UInt32,
+    updated_at DateTime64(3, 'UTC') DEFAULT now64(3)"""
+
+# The p80..p99.5 grid of experiments.metrics.LATENCY_GRID (kept literal: tables.py sits below experiments/)
+LATENCY_LEVELS = ", ".join(repr(round(0.80 + 0.005 * i, 3)) for i in range(40))
+
 MIGRATIONS_COLUMNS = """
     version UInt32,
     name String,
@@ -114,6 +151,7 @@ class Table:
     partition_by: str | None = "toYYYYMM(ts)"
     ttl: bool = False          # apply the event TTL
     shard_key: str = "rand()"  # for the Distributed table in cluster mode
+    version: str = ""          # ReplacingMergeTree's version column: the row with the highest one wins
 
 
 TABLES = {
@@ -132,6 +170,11 @@ TABLES = {
     # Shadow experiments: the candidate's results for a served (control) impression, never shown to anyone
     "shadow_results": Table("shadow_results", SHADOW_RESULTS_COLUMNS, "(experiment, arm, impression_id)",
                             ttl=True, shard_key="cityHash64(unit_id)"),
+    "unit_aggregates": Table("unit_aggregates", UNIT_AGGREGATES_COLUMNS.replace("LATENCY_LEVELS", LATENCY_LEVELS),
+                             "(experiment, spec, arm, unit_id)", partition_by=None,
+                             shard_key="cityHash64(unit_id)", version="version"),
+    "aggregate_state": Table("aggregate_state", AGGREGATE_STATE_COLUMNS, "(experiment, spec)", partition_by=None,
+                             shard_key="cityHash64(experiment)", version="updated_at"),
 }
 
 
@@ -146,12 +189,14 @@ def create_table(db: str, table: Table, *, cluster: str | None, ttl_days: int) -
     tail = f"{partition}\nORDER BY {table.order_by}{ttl}"
     if cluster is None:
         return [f"CREATE TABLE IF NOT EXISTS {db}.{table.name} ({table.columns}\n)\n"
-                f"ENGINE = ReplacingMergeTree{tail}"]
+                f"ENGINE = ReplacingMergeTree{f'({table.version})' if table.version else ''}{tail}"]
     local = f"{table.name}_local"
     on = f" ON CLUSTER {cluster}"
+    version = f", {table.version}" if table.version else ""
     return [
         f"CREATE TABLE IF NOT EXISTS {db}.{local}{on} ({table.columns}\n)\n"
-        f"ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'){tail}",
+        f"ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'{version})"
+        f"{tail}",
         f"CREATE TABLE IF NOT EXISTS {db}.{table.name}{on} AS {db}.{local}\n"
         f"ENGINE = Distributed({cluster}, {db}, {local}, {table.shard_key})",
     ]
@@ -181,7 +226,20 @@ MIGRATIONS = (
     Migration(4, "interleaving and shadow experiments", lambda db, cl, ttl: [
         *create_table(db, TABLES["interleavings"], cluster=cl, ttl_days=ttl),
         *create_table(db, TABLES["shadow_results"], cluster=cl, ttl_days=ttl)]),
+    Migration(5, "per-unit aggregates for reports", lambda db, cl, ttl: [
+        *create_table(db, TABLES["unit_aggregates"], cluster=cl, ttl_days=ttl),
+        *create_table(db, TABLES["aggregate_state"], cluster=cl, ttl_days=ttl),
+        *_inserted_at_index(db, cl)]),
 )
+
+
+def _inserted_at_index(db: str, cluster: str | None) -> list[str]:
+    """A min-max skip index on inserted_at: an incremental refresh reads only the granules written since its
+    watermark (rows arrive roughly in insertion order). Parts written before the migration stay unindexed and
+    are read whole until merged; `ALTER TABLE ... MATERIALIZE INDEX inserted_at_minmax` indexes them at once."""
+    on = f" ON CLUSTER {cluster}" if cluster else ""
+    return [f"ALTER TABLE {db}.{name}{'_local' if cluster else ''}{on} ADD INDEX IF NOT EXISTS inserted_at_minmax "
+            f"inserted_at TYPE minmax GRANULARITY 1" for name in ("impressions", "feedback")]
 
 
 def bootstrap_statements(db: str, cluster: str | None) -> list[str]:

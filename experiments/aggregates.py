@@ -1,0 +1,260 @@
+"""Per-unit aggregates: a report whose cost grows with the experiment's units, not with its events.
+
+Grain: one row per (experiment, spec, arm, unit) in `unit_aggregates` (gateway/eventlog/tables.py), holding for
+each of the unit's active days the day's sums of every per-impression column the metrics use (UNIT_COLUMNS
+and the custom metrics' columns of experiments/metrics_sql.py), a mergeable latency sketch, the checksums it
+was served with and its last event time. The report reads these rows (about one per unit) instead of joining
+every impression to its feedback; the daily looks come from the same per-day arrays, cumulated per unit, so
+every look a raw-event report gives is there too. Why this grain and not (unit, day) rows or a materialized
+view: docs/reports.md "Aggregates".
+
+Exactly once. A unit's row is never incremented: it is recomputed whole, from the deduplicated events (FINAL
+impressions, feedback by distinct ids: the very SQL of the raw path), whenever the unit has an event inserted
+since the last refresh (`inserted_at`, set by the server at insert time). A replayed batch re-inserts rows
+with new `inserted_at`, so its units are recomputed, and the recomputation collapses the copies as the raw
+path does: the row comes out the same. `unit_aggregates` is a ReplacingMergeTree on `version` (the refresh's
+time), read with FINAL: the newest computation of each unit wins. Each refresh re-reads OVERLAP before its
+watermark, so an insert still in flight while the last refresh ran is not missed.
+
+`spec` is a digest of what the numbers depend on beyond the events: the window, the dwell threshold and the
+custom metrics' definitions. A report under another spec builds its own rows (a full build, in unit buckets,
+resumable: `abgate db backfill`); rows of an older spec are never mixed in.
+
+The latency sketch is quantilesBFloat16: exact counts of latencies rounded to 8 significant bits, so a
+quantile read from it is within 0.4% of the exact one (`abgate report --exact` reads the raw events).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from functools import partial
+from datetime import datetime, timedelta, timezone
+
+from experiments.metrics import LATENCY_GRID, ArmSummary, ExperimentData, MetricDef, analysis_window
+from experiments.metrics_sql import UNIT_COLUMNS, MetricQueries, _ts, collect
+
+OVERLAP = timedelta(minutes=5)   # re-read before the watermark: inserts that were in flight at the last refresh
+DEFAULT_BUCKETS = 16             # a full build goes unit bucket by unit bucket: bounded memory, resumable
+FAR_FUTURE = datetime(2200, 1, 1, tzinfo=timezone.utc)
+_GRID = ", ".join(repr(p) for p in LATENCY_GRID)
+_EXTRA = ("latency_ms AS i_latency", "encoder_checksum AS i_enc", "index_checksum AS i_idx", "ts AS i_ts")
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """What an experiment's aggregates depend on besides the events."""
+
+    experiment: str
+    start: str | None
+    end: str | None
+    dwell_threshold: float
+    custom: tuple[tuple[str, str], ...]   # (per-unit column, the custom metric's definition)
+
+    @property
+    def id(self) -> str:
+        blob = json.dumps([self.experiment, self.start, self.end, self.dwell_threshold, self.custom])
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    spec: str
+    mode: str          # "build" (all units, bucket by bucket) or "incremental" (units with new events)
+    units: int         # unit rows (re)computed
+    seconds: float
+    buckets: int = 0
+    buckets_done: int = 0
+    resumed_at: int = 0  # the bucket a build started from (> 0: an interrupted build resumed)
+
+    @property
+    def complete(self) -> bool:
+        return self.buckets_done >= self.buckets
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec, "mode": self.mode, "units": self.units, "seconds": round(self.seconds, 3),
+                "buckets": self.buckets, "buckets_done": self.buckets_done, "resumed_at": self.resumed_at}
+
+
+def spec_for(experiment, metrics: dict[str, MetricDef], dwell_threshold: float) -> AggregateSpec:
+    custom = tuple(sorted((f"{m.numerator}/{m.denominator}", repr(m.custom))
+                          for m in metrics.values() if m.custom is not None))
+    iso = (lambda t: t.isoformat() if t is not None else None)
+    return AggregateSpec(experiment.name, iso(experiment.start), iso(experiment.end), float(dwell_threshold), custom)
+
+
+def _queries(database: str, experiment, metrics: dict[str, MetricDef], dwell: float) -> MetricQueries:
+    custom = {k: m for k, m in metrics.items() if m.custom is not None}
+    return MetricQueries(database, experiment.name, (experiment.start, experiment.end or FAR_FUTURE), dwell, custom)
+
+
+def insert_sql(q: MetricQueries, unit_filter: str) -> str:
+    """INSERT ... SELECT recomputing the rows of the units that pass `unit_filter` (SQL over impressions)."""
+    imp_where = (f"experiment = {{experiment:String}} AND enrolled {q.start_clause} "
+                 f"AND ts < {{end:DateTime64(3, 'UTC')}} AND {unit_filter}")
+    fb_where = "experiment = {experiment:String} AND cityHash64(impression_id) IN (SELECT imp_key FROM imp)"
+    columns = q._unit_columns()
+    per_day = ", ".join(f"sum(toFloat64({expr})) AS s_{n}" for n, expr in columns)
+    rows = f"arraySort(groupArray(tuple(day{''.join(f', s_{n}' for n, _ in columns)})))"
+    # the same aggregate in every arrayMap: ClickHouse computes identical aggregates once
+    array = {n: f"arrayMap(t -> t.{j + 2}, {rows})" for j, (n, _) in enumerate(columns)}
+    custom = [n for n, _ in columns if n not in UNIT_COLUMNS]
+    custom_sql = (f"mapFromArrays([{', '.join(repr(n) for n in custom)}], [{', '.join(array[n] for n in custom)}])"
+                  if custom else "CAST(map(), 'Map(String, Array(Float64))')")
+    names = ", ".join(f"d_{n}" for n in UNIT_COLUMNS)
+    return (f"INSERT INTO {q.db}.unit_aggregates (experiment, spec, arm, unit_id, days, {names}, custom, latency, "
+            f"encoders, indexes, last_ts, version)\n"
+            f"WITH {q.searches_cte(imp_where=imp_where, fb_where=fb_where, extra=_EXTRA)}\n"
+            f"SELECT {{experiment:String}}, {{spec:String}}, arm, unit_id, arrayMap(t -> t.1, {rows}), "
+            f"{', '.join(array[n] for n in UNIT_COLUMNS)}, {custom_sql}, "
+            f"quantilesBFloat16MergeState({_GRID})(lat), groupUniqArrayArray(enc), groupUniqArrayArray(idx), "
+            f"max(last), {{version:UInt64}}\n"
+            f"FROM (SELECT arm, unit_id, day, {per_day}, quantilesBFloat16State({_GRID})(i_latency) AS lat, "
+            f"groupUniqArray(i_enc) AS enc, groupUniqArray(i_idx) AS idx, max(i_ts) AS last "
+            f"FROM searches GROUP BY arm, unit_id, day)\nGROUP BY arm, unit_id")
+
+
+def _run_insert(client, q: MetricQueries, spec: str, unit_filter: str, params: dict | None = None) -> int:
+    """Run one recomputation; returns its version (rows written carry it)."""
+    version = time.time_ns()
+    client.command(insert_sql(q, unit_filter), parameters=dict(q.params) | {"spec": spec, "version": version}
+                   | (params or {}))
+    return version
+
+
+def _written_since(client, q: MetricQueries, spec: str, version: int) -> int:
+    """Unit rows written by recomputations from `version` on (the embedded engine reports no written rows)."""
+    return int(client.query(f"SELECT count() FROM {q.db}.unit_aggregates WHERE experiment = {{experiment:String}} "
+                            f"AND spec = {{spec:String}} AND version >= {{version:UInt64}}",
+                            parameters={"experiment": q.params["experiment"], "spec": spec,
+                                        "version": version}).result_rows[0][0])
+
+
+def _state(client, db: str, experiment: str, spec: str) -> tuple | None:
+    rows = client.query(f"SELECT argMax(tuple(watermark, buckets, buckets_done), updated_at), count() "
+                        f"FROM {db}.aggregate_state WHERE experiment = {{e:String}} AND spec = {{s:String}}",
+                        parameters={"e": experiment, "s": spec}).result_rows
+    return rows[0][0] if rows and rows[0][1] else None
+
+
+def _save_state(client, db: str, experiment: str, spec: str, watermark: datetime, buckets: int, done: int) -> None:
+    client.insert(f"{db}.aggregate_state", [[experiment, spec, watermark, buckets, done, datetime.now(timezone.utc)]],
+                  column_names=["experiment", "spec", "watermark", "buckets", "buckets_done", "updated_at"])
+
+
+def _server_now(client) -> datetime:
+    value = client.query("SELECT now64(3, 'UTC')").result_rows[0][0]
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def refresh(client, experiment, metrics: dict[str, MetricDef], *, database: str = "abgate",
+            dwell_threshold: float, buckets: int = DEFAULT_BUCKETS, rebuild: bool = False,
+            max_buckets: int | None = None, progress=None) -> RefreshResult:
+    """Bring the experiment's aggregates up to date: a full build (resumed where an interrupted one stopped)
+    when there are none under this spec, else the units with events inserted since the watermark.
+    `max_buckets`: stop a build after that many buckets (the rest on the next call)."""
+    started = time.perf_counter()
+    spec = spec_for(experiment, metrics, dwell_threshold)
+    q = _queries(database, experiment, metrics, dwell_threshold)
+    state = None if rebuild else _state(client, database, experiment.name, spec.id)
+    if state is not None and state[2] >= state[1]:
+        watermark = state[0] if state[0].tzinfo else state[0].replace(tzinfo=timezone.utc)
+        now = _server_now(client)
+        since = {"since": _ts(watermark - OVERLAP)}
+        touched = (f"unit_id IN (SELECT unit_id FROM {database}.impressions WHERE experiment = {{experiment:String}} "
+                   f"AND inserted_at > {{since:DateTime64(3, 'UTC')}} UNION DISTINCT SELECT unit_id FROM "
+                   f"{database}.feedback WHERE experiment = {{experiment:String}} AND "
+                   f"inserted_at > {{since:DateTime64(3, 'UTC')}})")
+        units = _written_since(client, q, spec.id, _run_insert(client, q, spec.id, touched, since))
+        _save_state(client, database, experiment.name, spec.id, now, state[1], state[1])
+        return RefreshResult(spec.id, "incremental", units, time.perf_counter() - started, state[1], state[1],
+                             state[1])
+    if state is None:
+        watermark, total, done = _server_now(client), buckets, 0
+        _save_state(client, database, experiment.name, spec.id, watermark, total, 0)
+    else:
+        watermark, total, done = state[0], state[1], state[2]
+    resumed_at, first = done, time.time_ns()
+    stop = total if max_buckets is None else min(total, done + max_buckets)
+    for bucket in range(done, stop):
+        _run_insert(client, q, spec.id, f"cityHash64(unit_id) % {total} = {bucket}")
+        _save_state(client, database, experiment.name, spec.id, watermark, total, bucket + 1)
+        if progress is not None:
+            elapsed = time.perf_counter() - started
+            eta = elapsed / (bucket + 1 - resumed_at) * (stop - bucket - 1)
+            print(f"abgate: aggregates of {experiment.name}: bucket {bucket + 1}/{total} "
+                  f"({elapsed:.0f} s, eta {eta:.0f} s)", file=progress, flush=True)
+    units = _written_since(client, q, spec.id, first)
+    return RefreshResult(spec.id, "build", units, time.perf_counter() - started, total, stop, resumed_at)
+
+
+def covers(client, database: str, experiment: str, spec: str, end: datetime) -> bool:
+    """Whether the aggregates stop before `end`: no aggregated impression at or after it (a report whose
+    window ends before the latest events, e.g. run with an earlier `now`, needs the raw events)."""
+    last = client.query(f"SELECT max(last_ts), count() FROM {database}.unit_aggregates "
+                        f"WHERE experiment = {{e:String}} AND spec = {{s:String}}",
+                        parameters={"e": experiment, "s": spec}).result_rows[0]
+    if not last[1]:
+        return True
+    latest = last[0] if last[0].tzinfo else last[0].replace(tzinfo=timezone.utc)
+    return latest < end
+
+
+def _column(name: str) -> str:
+    return f"d_{name}" if name in UNIT_COLUMNS else f"custom['{name}']"
+
+
+class AggregateQueries(MetricQueries):
+    """MetricQueries reading `unit_aggregates` (rows of one spec) instead of the raw events; the rest of the
+    series query, the CUPED pre-period (still raw: a fixed window before the start) and the Python are shared."""
+
+    def __init__(self, *args, spec: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.params["spec"] = spec
+
+    def head_ctes(self) -> str:
+        return ""
+
+    def units_select(self, columns, needed: set, with_unit: bool) -> str:
+        cums = ", ".join(f"arrayCumSum({_column(n)}) AS c_{n}" for n, _ in columns if n in needed)
+        totals = ", ".join(f"arraySum({_column(n)}) AS {n}" for n, _ in columns)
+        return (f"SELECT arm{', unit_id' if with_unit else ''}, days, {cums}, {totals} "
+                f"FROM {self.db}.unit_aggregates FINAL WHERE experiment = {{experiment:String}} "
+                f"AND spec = {{spec:String}}")
+
+    def arm_summaries(self, client, traffic: dict[str, tuple[int, int]]) -> dict[str, ArmSummary]:
+        p95 = LATENCY_GRID.index(0.95)
+        sql = (f"SELECT arm, quantilesBFloat16Merge({_GRID})(latency), groupUniqArrayArray(encoders), "
+               f"groupUniqArrayArray(indexes) FROM {self.db}.unit_aggregates FINAL "
+               f"WHERE experiment = {{experiment:String}} AND spec = {{spec:String}} GROUP BY arm ORDER BY arm")
+        out = {}
+        for arm, grid_values, encoders, indexes in client.query(sql, parameters=self.params).result_rows:
+            units, impressions = traffic.get(arm, (0, 0))
+            values = [float(v) for v in grid_values]
+            out[arm] = ArmSummary(arm, units, impressions, values[p95], tuple(sorted(encoders)),
+                                  tuple(sorted(indexes)), tuple(zip(LATENCY_GRID, values)))
+        return out
+
+
+def collect_data(client, experiment, *, metrics: dict[str, MetricDef], database: str, dwell_threshold: float,
+                 cumulative_metric: str | None, now: datetime | None = None, exact: bool = False,
+                 progress=None) -> tuple[ExperimentData, dict]:
+    """The report's sums, from the aggregates (refreshed first) unless `exact`; and where they came from."""
+    kwargs = dict(metrics=metrics, database=database, dwell_threshold=dwell_threshold,
+                  cumulative_metric=cumulative_metric, now=now)
+    if exact:
+        return collect(client, experiment, **kwargs), {"path": "raw events", "reason": "asked for (--exact)"}
+    result = refresh(client, experiment, metrics, database=database, dwell_threshold=dwell_threshold,
+                     progress=progress)
+    if not result.complete:  # cannot happen without max_buckets; a partial build must never be read
+        raise RuntimeError("aggregate build stopped before its last bucket")
+    end = analysis_window(experiment.start, experiment.end, now)[1]
+    if not covers(client, database, experiment.name, result.spec, end):
+        return collect(client, experiment, **kwargs), {
+            "path": "raw events", "refresh": result.to_dict(),
+            "reason": f"events at or after the analysis window's end ({end.isoformat()}) are aggregated: a "
+                      "report that stops before the latest events reads the raw events"}
+    data = collect(client, experiment, **kwargs, source=partial(AggregateQueries, spec=result.spec))
+    return data, {"path": "aggregates", "refresh": result.to_dict()}
