@@ -13,8 +13,8 @@ impressions, feedback by distinct ids: the very SQL of the raw path), whenever t
 since the last refresh (`inserted_at`, set by the server at insert time). A replayed batch re-inserts rows
 with new `inserted_at`, so its units are recomputed, and the recomputation collapses the copies as the raw
 path does: the row comes out the same. `unit_aggregates` is a ReplacingMergeTree on `version` (the refresh's
-time), read with FINAL: the newest computation of each unit wins. Each refresh re-reads OVERLAP before its
-watermark, so an insert still in flight while the last refresh ran is not missed.
+time), read with FINAL: the newest computation of each unit wins. On a server each refresh re-reads OVERLAP
+before its watermark, so an insert still in flight while the last refresh ran is not missed (overlap_for).
 
 `spec` is a digest of what the numbers depend on beyond the events: the window, the dwell threshold and the
 custom metrics' definitions. A report under another spec builds its own rows (a full build, in unit buckets,
@@ -36,8 +36,8 @@ from datetime import datetime, timedelta, timezone
 from experiments.metrics import LATENCY_GRID, ArmSummary, ExperimentData, MetricDef, analysis_window
 from experiments.metrics_sql import UNIT_COLUMNS, MetricQueries, _ts, collect
 
-OVERLAP = timedelta(minutes=5)   # re-read before the watermark: inserts that were in flight at the last refresh
-DEFAULT_BUCKETS = 16             # a full build goes unit bucket by unit bucket: bounded memory, resumable
+OVERLAP = timedelta(minutes=1)   # re-read before the watermark: inserts that were in flight at the last refresh
+ROWS_PER_BUCKET = 8_000_000      # a full build goes unit bucket by unit bucket: bounded memory, resumable
 FAR_FUTURE = datetime(2200, 1, 1, tzinfo=timezone.utc)
 _GRID = ", ".join(repr(p) for p in LATENCY_GRID)
 _EXTRA = ("latency_ms AS i_latency", "encoder_checksum AS i_enc", "index_checksum AS i_idx", "ts AS i_ts")
@@ -144,17 +144,26 @@ def _save_state(client, db: str, experiment: str, spec: str, watermark: datetime
                   column_names=["experiment", "spec", "watermark", "buckets", "buckets_done", "updated_at"])
 
 
+def overlap_for(client) -> timedelta:
+    """How far before the watermark a refresh re-reads. An embedded store belongs to one process whose client
+    serializes every statement, so an insert is committed before a refresh starts or gets a later
+    inserted_at: nothing is in flight. A server takes inserts from many processes at once."""
+    return timedelta(0) if str(getattr(client, "dsn", "")).startswith("chdb:") else OVERLAP
+
+
 def _server_now(client) -> datetime:
     value = client.query("SELECT now64(3, 'UTC')").result_rows[0][0]
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def refresh(client, experiment, metrics: dict[str, MetricDef], *, database: str = "abgate",
-            dwell_threshold: float, buckets: int = DEFAULT_BUCKETS, rebuild: bool = False,
+            dwell_threshold: float, buckets: int | None = None, rebuild: bool = False,
             max_buckets: int | None = None, progress=None) -> RefreshResult:
     """Bring the experiment's aggregates up to date: a full build (resumed where an interrupted one stopped)
     when there are none under this spec, else the units with events inserted since the watermark.
-    `max_buckets`: stop a build after that many buckets (the rest on the next call)."""
+    `buckets`: unit buckets of a new build (default: one per ROWS_PER_BUCKET impressions; each bucket reads
+    the experiment's events once, and holds 1/buckets of them in memory); `max_buckets`: stop a build after
+    that many buckets (the rest on the next call)."""
     started = time.perf_counter()
     spec = spec_for(experiment, metrics, dwell_threshold)
     q = _queries(database, experiment, metrics, dwell_threshold)
@@ -162,16 +171,22 @@ def refresh(client, experiment, metrics: dict[str, MetricDef], *, database: str 
     if state is not None and state[2] >= state[1]:
         watermark = state[0] if state[0].tzinfo else state[0].replace(tzinfo=timezone.utc)
         now = _server_now(client)
-        since = {"since": _ts(watermark - OVERLAP)}
-        touched = (f"unit_id IN (SELECT unit_id FROM {database}.impressions WHERE experiment = {{experiment:String}} "
-                   f"AND inserted_at > {{since:DateTime64(3, 'UTC')}} UNION DISTINCT SELECT unit_id FROM "
+        params = {"since": _ts(watermark - overlap_for(client))}
+        touched = (f"SELECT unit_id FROM {database}.impressions WHERE experiment = {{experiment:String}} "
+                   f"AND inserted_at >= {{since:DateTime64(3, 'UTC')}} UNION DISTINCT SELECT unit_id FROM "
                    f"{database}.feedback WHERE experiment = {{experiment:String}} AND "
-                   f"inserted_at > {{since:DateTime64(3, 'UTC')}})")
-        units = _written_since(client, q, spec.id, _run_insert(client, q, spec.id, touched, since))
+                   f"inserted_at >= {{since:DateTime64(3, 'UTC')}}")
+        units = int(client.query(f"SELECT count() FROM ({touched})", parameters=q.params | params).result_rows[0][0])
+        if units:  # nothing new: no scan at all
+            _run_insert(client, q, spec.id, f"unit_id IN ({touched})", params)
         _save_state(client, database, experiment.name, spec.id, now, state[1], state[1])
         return RefreshResult(spec.id, "incremental", units, time.perf_counter() - started, state[1], state[1],
                              state[1])
     if state is None:
+        if buckets is None:
+            rows = client.query(f"SELECT count() FROM {database}.impressions WHERE experiment = {{e:String}}",
+                                parameters={"e": experiment.name}).result_rows[0][0]
+            buckets = max(1, min(64, -(-int(rows) // ROWS_PER_BUCKET)))
         watermark, total, done = _server_now(client), buckets, 0
         _save_state(client, database, experiment.name, spec.id, watermark, total, 0)
     else:

@@ -16,6 +16,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
+from dashboards.refresher import AggregateRefresher
 from dashboards.routes import DASHBOARD_SOURCE, DashboardSource
 from dashboards.routes import router as dashboard_router
 from experiments.errors import AbgateError
@@ -88,6 +89,9 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
                             error=events.writer.stats()["last_error"])
         metrics.watch(lambda: events.writer.stats() if events.writer is not None else {}, runtime.queue_depth,
                       runtime.query_cache_stats)
+        refresher = None
+        if settings.log_events and settings.aggregates_refresh_s > 0:
+            refresher = AggregateRefresher(runtime.experiments, dashboard.client, settings.aggregates_refresh_s).start()
         if read_surface_open(settings):
             log.warning("dashboards, report.json and experiment details are open without a key: no viewer or "
                         "admin key is set and the gateway listens on loopback only")
@@ -103,6 +107,8 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         finally:
             await shadow.close()
             await runtime.close()
+            if refresher is not None:
+                await asyncio.get_running_loop().run_in_executor(None, refresher.close)
             dashboard.close()
             if events.writer is not None:
                 await asyncio.get_running_loop().run_in_executor(None, events.writer.close)

@@ -54,6 +54,7 @@ class Settings:
     # set they are open only on a loopback host (gateway/routes/access.py)
     viewer_api_key: str | None = None
     report_ttl_s: float = 60.0            # a report is rebuilt at most this often; concurrent GETs share one build
+    aggregates_refresh_s: float = 30.0    # keep the reports' per-unit aggregates current this often; 0 = off
     # Connection limits (gateway/server.py): slow or oversized requests are cut off before they hold a worker
     max_connections: int = 1024           # connections and tasks at once; beyond: 503
     header_timeout_s: float = 10.0        # request line + headers must arrive within this
@@ -102,6 +103,8 @@ class Settings:
         for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "report_ttl_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise bad(name, "must be between 0 and 3600 seconds")
+        if not 0 <= self.aggregates_refresh_s <= 86400:
+            raise bad("aggregates_refresh_s", "must be between 0 (off) and 86400 seconds")
         if not 0 <= self.drain_s <= 300:
             raise bad("drain_s", "must be between 0 and 300 seconds")
         if not 1 <= self.max_connections <= 1_000_000:

@@ -181,3 +181,22 @@ def test_store_from_the_previous_schema_migrates_in_place(client):
     _compare(build_report(client, exp, database=db, exact=True), report)
     assert tables.migrate(client, database=db)["applied"] == []
     client.command(f"DROP DATABASE {db}")
+
+
+def test_gateway_refresher_keeps_them_current(client):
+    """The gateway's timer (dashboards/refresher.py) refreshes what it serves; a new click is one unit's work."""
+    from dashboards.refresher import AggregateRefresher
+    from gateway.eventlog.events import Feedback
+    from metric_events import EventLog
+
+    exp = _experiment()
+    refresher = AggregateRefresher(lambda: {"agg": exp}, lambda: client, interval_s=3600)
+    refresher.refresh_once()  # whatever the earlier tests left: now current
+    assert refresher.refresh_once()["agg"]["units"] == 0  # nothing new: nothing recomputed
+    imp = next(i for i in client.log.impressions if i.enrolled and i.doc_ids and i.experiment == "agg"
+               and START <= i.ts < START + timedelta(days=DAYS))
+    EventLog(feedback=[Feedback("refresher-click", imp.impression_id, imp.ts + timedelta(seconds=5), "agg", imp.arm,
+                                imp.unit_id, "click", imp.doc_ids[-1], len(imp.doc_ids), 1.0)]).insert(client)
+    done = refresher.refresh_once()["agg"]
+    assert done["mode"] == "incremental" and done["units"] == 1
+    _compare(build_report(client, exp, exact=True), build_report(client, exp))

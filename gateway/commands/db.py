@@ -34,9 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     backfill.add_argument("experiment", help="the experiment's name (its `name:` in the YAML)")
     backfill.add_argument("--experiments", default=None, help="folder of experiment YAML files")
     _dsn(backfill)
-    backfill.add_argument("--buckets", type=int, default=16,
-                          help="unit buckets a new build goes through one by one (default 16; memory per "
-                               "bucket ~ 1/N of a raw-event report's)")
+    backfill.add_argument("--buckets", type=int, default=None,
+                          help="unit buckets a new build goes through one by one (default: one per 8M "
+                               "impressions; memory per bucket ~ 1/N of a raw-event report's)")
     backfill.add_argument("--dwell-threshold", type=float, default=30.0,
                           help="the dwell threshold the reports will use (default 30 s, as `abgate report`)")
     backfill.add_argument("--rebuild", action="store_true",
@@ -109,7 +109,7 @@ def run_backfill(args: argparse.Namespace) -> int:
     from experiments.custom_metrics import definitions
     from gateway.commands.report import experiments_dir, find_experiment
 
-    if args.buckets < 1:
+    if args.buckets is not None and args.buckets < 1:
         raise InputError("must be at least 1", field="--buckets")
     if args.stop_after is not None and args.stop_after < 1:
         raise InputError("must be at least 1", field="--stop-after")
