@@ -75,7 +75,7 @@ def bench_experiment():
         "salt": "bench", "status": "running", "start": "2026-11-01T00:00:00Z", "allocation": 1.0,
         "control": "baseline", "arms": [{"name": a, "weight": 50, "encoder": "e", "index": "i"}
                                         for a in ("baseline", "finetuned")],
-        "metrics": {"primary": "ctr"}})
+        "metrics": {"primary": "ctr"}, "design": {"mde": 0.02}})
     assert not problems, problems
     return exp
 
@@ -89,7 +89,8 @@ def refresher(dsn: str, every_s: float, stop: threading.Event, runs: list) -> th
         with store.connect(dsn) as client:
             tables.migrate(client)
             while not stop.wait(every_s):
-                runs.append(aggregates.refresh(client, exp, {}, dwell_threshold=30.0).units)
+                runs.append(aggregates.refresh(client, exp, {}, database=client.database,
+                                               dwell_threshold=30.0).units)
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     return thread
