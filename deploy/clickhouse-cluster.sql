@@ -156,6 +156,7 @@ CREATE TABLE IF NOT EXISTS abgate.unit_aggregates_local ON CLUSTER abgate (
     version UInt64
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/abgate/unit_aggregates_local', '{replica}', version)
+PARTITION BY cityHash64(experiment) % 64
 ORDER BY (experiment, spec, arm, unit_id);
 
 CREATE TABLE IF NOT EXISTS abgate.unit_aggregates ON CLUSTER abgate AS abgate.unit_aggregates_local

@@ -39,6 +39,9 @@ from experiments.metrics_sql import UNIT_COLUMNS, MetricQueries, _ts, collect
 OVERLAP = timedelta(minutes=1)   # re-read before the watermark: inserts that were in flight at the last refresh
 ROWS_PER_BUCKET = 8_000_000      # a full build goes unit bucket by unit bucket: bounded memory, resumable
 FAR_FUTURE = datetime(2200, 1, 1, tzinfo=timezone.utc)
+# On a cluster the event tables are Distributed and sharded by unit, so a unit's impressions, feedback and
+# aggregate row share a shard: the IN subqueries may run shard-locally (ClickHouse refuses them by default).
+LOCAL_SUBQUERIES = "distributed_product_mode = 'local'"
 _GRID = ", ".join(repr(p) for p in LATENCY_GRID)
 _EXTRA = ("latency_ms AS i_latency", "encoder_checksum AS i_enc", "index_checksum AS i_idx", "ts AS i_ts")
 
@@ -113,7 +116,7 @@ def insert_sql(q: MetricQueries, unit_filter: str) -> str:
             f"max(last), {{version:UInt64}}\n"
             f"FROM (SELECT arm, unit_id, day, {per_day}, quantilesBFloat16State({_GRID})(i_latency) AS lat, "
             f"groupUniqArray(i_enc) AS enc, groupUniqArray(i_idx) AS idx, max(i_ts) AS last "
-            f"FROM searches GROUP BY arm, unit_id, day)\nGROUP BY arm, unit_id")
+            f"FROM searches GROUP BY arm, unit_id, day)\nGROUP BY arm, unit_id\nSETTINGS {LOCAL_SUBQUERIES}")
 
 
 def _run_insert(client, q: MetricQueries, spec: str, unit_filter: str, params: dict | None = None) -> int:
@@ -176,7 +179,8 @@ def refresh(client, experiment, metrics: dict[str, MetricDef], *, database: str 
                    f"AND inserted_at >= {{since:DateTime64(3, 'UTC')}} UNION DISTINCT SELECT unit_id FROM "
                    f"{database}.feedback WHERE experiment = {{experiment:String}} AND "
                    f"inserted_at >= {{since:DateTime64(3, 'UTC')}}")
-        units = int(client.query(f"SELECT count() FROM ({touched})", parameters=q.params | params).result_rows[0][0])
+        units = int(client.query(f"SELECT count() FROM ({touched}) SETTINGS {LOCAL_SUBQUERIES}",
+                                 parameters=q.params | params).result_rows[0][0])
         if units:  # nothing new: no scan at all
             _run_insert(client, q, spec.id, f"unit_id IN ({touched})", params)
         _save_state(client, database, experiment.name, spec.id, now, state[1], state[1])
@@ -202,7 +206,23 @@ def refresh(client, experiment, metrics: dict[str, MetricDef], *, database: str 
             print(f"abgate: aggregates of {experiment.name}: bucket {bucket + 1}/{total} "
                   f"({elapsed:.0f} s, eta {eta:.0f} s)", file=progress, flush=True)
     units = _written_since(client, q, spec.id, first)
+    if stop == total:
+        _merge(client, database, experiment.name)
     return RefreshResult(spec.id, "build", units, time.perf_counter() - started, total, stop, resumed_at)
+
+
+def _merge(client, database: str, experiment: str) -> None:
+    """Merge the experiment's partition into one part: FINAL then reads it without merging (measured at 1M
+    units: 1.9 s for the series query instead of 2.9 s over the four parts a build leaves). Later
+    incremental parts are merged by ClickHouse in the background. On a cluster the table is Distributed
+    and OPTIMIZE belongs on the shards' local tables: skipped, the background merges do it there too."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    try:
+        part = client.query("SELECT cityHash64({e:String}) % 64", parameters={"e": experiment}).result_rows[0][0]
+        client.command(f"OPTIMIZE TABLE {database}.unit_aggregates PARTITION {int(part)} FINAL")
+    except ClickHouseError:
+        pass
 
 
 def covers(client, database: str, experiment: str, spec: str, end: datetime) -> bool:
@@ -238,6 +258,23 @@ class AggregateQueries(MetricQueries):
         return (f"SELECT arm{', unit_id' if with_unit else ''}, days, {cums}, {totals} "
                 f"FROM {self.db}.unit_aggregates FINAL WHERE experiment = {{experiment:String}} "
                 f"AND spec = {{spec:String}}")
+
+    def result_select(self, sums: list[str], joins: list[str]) -> str:
+        """The once-per-unit sums (`sumIf(x, k = 1)`: final values, CUPED's fixed terms) booked on each unit's
+        first day from one row per unit, and only the per-day changes through the ARRAY JOIN of one row per
+        (unit, active day): reading `steps` twice costs less here than ~30 conditional sums over every
+        active day (on raw events, reading `steps` twice would rescan them: MetricQueries does it in one)."""
+        once = [x.startswith("sumIf(") and x.endswith(", k = 1)") for x in sums]
+        daily = ", ".join(f"{'0.' if o else x} AS s{i}" for i, (x, o) in enumerate(zip(sums, once)))
+        first = ", ".join(f"{'sum(' + x[6:-len(', k = 1)')] + ')' if o else '0.'} AS s{i}"
+                          for i, (x, o) in enumerate(zip(sums, once)))
+        totals = ", ".join(f"sum(s{i})" for i in range(len(sums)))
+        return (f"SELECT day, arm, sum(a), sum(b), sum(n), {totals} FROM (\n"
+                f"SELECT day, arm, count() AS a, sum(day_imps) AS b, 0 AS n, {daily}\n"
+                f"FROM steps ARRAY JOIN days AS day, day_searches AS day_imps"
+                f"{''.join(', ' + j for j in joins)}\nGROUP BY day, arm\nUNION ALL\n"
+                f"SELECT days[1] AS day, arm, 0 AS a, 0 AS b, count() AS n, {first}\nFROM steps GROUP BY day, arm)\n"
+                f"GROUP BY day, arm ORDER BY day, arm")
 
     def arm_summaries(self, client, traffic: dict[str, tuple[int, int]]) -> dict[str, ArmSummary]:
         p95 = LATENCY_GRID.index(0.95)

@@ -219,12 +219,16 @@ class MetricQueries:
                f"steps AS (SELECT arm, days, arrayPopFront(arrayDifference(arrayPushFront(c_searches, 0.))) "
                f"AS day_searches{''.join(', ' + a for a in arrays)}"
                f"{''.join(f', {expr} AS {alias}' for expr, alias in scalars.items())}{cov_cols} FROM units{cov_join})\n"
-               f"SELECT day, arm, count() AS active_units, sum(day_imps) AS impressions, countIf(k = 1) AS new_units"
-               f"{''.join(', ' + x for x in sums)}\n"
-               f"FROM steps ARRAY JOIN days AS day, day_searches AS day_imps, arrayEnumerate(days) AS k"
-               f"{''.join(', ' + j for j in joins)}\n"
-               f"GROUP BY day, arm ORDER BY day, arm\nSETTINGS {SERIES_SETTINGS}")
+               f"{self.result_select(list(sums), joins)}\nSETTINGS {SERIES_SETTINGS}")
         return sql, finals, charted_layout, (cov_layout, daily_cov)
+
+    def result_select(self, sums: list[str], joins: list[str]) -> str:
+        """Per (day, arm) from `steps`: one row per (unit, active day) through ARRAY JOIN, every sum in it
+        (aggregates.py books the once-per-unit sums apart, reading `steps` twice)."""
+        return (f"SELECT day, arm, count() AS active_units, sum(day_imps) AS impressions, countIf(k = 1) AS new_units"
+                f"{''.join(', ' + x for x in sums)}\n"
+                f"FROM steps ARRAY JOIN days AS day, day_searches AS day_imps, arrayEnumerate(days) AS k"
+                f"{''.join(', ' + j for j in joins)}\nGROUP BY day, arm ORDER BY day, arm")
 
     def head_ctes(self) -> str:  # the CTEs `units` reads: the raw events (aggregates.py reads none)
         return self.searches_cte() + ","

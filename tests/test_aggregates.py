@@ -159,6 +159,13 @@ def test_backfill_resumes_and_reports_progress(client, capsys, tmp_path):
     second = json.loads(captured.out)
     assert code == 0 and second["buckets_done"] == 8 and second["resumed_at"] == 3
     assert "bucket 8/8" in captured.err and "eta" in captured.err
+    for flag, path in (([], "aggregates"), (["--exact"], "raw events")):
+        assert cli.main(["report", "agg", "--experiments", str(folder), "--dsn", client.dsn_text, "--json",
+                         *flag]) == 0
+        assert json.loads(capsys.readouterr().out)["source"]["path"] == path
+    assert cli.main(["db", "backfill", "agg", "--experiments", str(folder), "--dsn", client.dsn_text,
+                     "--buckets", "0"]) == 2
+    assert "--buckets" in capsys.readouterr().err
 
 
 def test_store_from_the_previous_schema_migrates_in_place(client):

@@ -134,6 +134,10 @@ AGGREGATE_STATE_COLUMNS = """
     buckets_done UInt32,
     updated_at DateTime64(3, 'UTC') DEFAULT now64(3)"""
 
+# Partitions by experiment (hashed: a bounded number), so that a finished build can merge its experiment's
+# rows into one part (OPTIMIZE ... PARTITION ... FINAL) and FINAL then reads it without merging
+AGGREGATE_PARTITION = "cityHash64(experiment) % 64"
+
 # The p80..p99.5 grid of experiments.metrics.LATENCY_GRID (kept literal: tables.py sits below experiments/)
 LATENCY_LEVELS = ", ".join(repr(round(0.80 + 0.005 * i, 3)) for i in range(40))
 
@@ -171,7 +175,7 @@ TABLES = {
     "shadow_results": Table("shadow_results", SHADOW_RESULTS_COLUMNS, "(experiment, arm, impression_id)",
                             ttl=True, shard_key="cityHash64(unit_id)"),
     "unit_aggregates": Table("unit_aggregates", UNIT_AGGREGATES_COLUMNS.replace("LATENCY_LEVELS", LATENCY_LEVELS),
-                             "(experiment, spec, arm, unit_id)", partition_by=None,
+                             "(experiment, spec, arm, unit_id)", partition_by=AGGREGATE_PARTITION,
                              shard_key="cityHash64(unit_id)", version="version"),
     "aggregate_state": Table("aggregate_state", AGGREGATE_STATE_COLUMNS, "(experiment, spec)", partition_by=None,
                              shard_key="cityHash64(experiment)", version="updated_at"),
