@@ -5,11 +5,11 @@ once, a changed definition builds its own rows, `abgate db backfill` resumes, an
 from __future__ import annotations
 
 import json
-import math
 from datetime import timedelta
 
 import pytest
 
+from report_compare import compare as _compare
 from stores import STORES, drop_server_database, store_dsn
 
 from experiments import aggregates
@@ -26,8 +26,6 @@ CUSTOM = [
     {"name": "value_capped", "numerator": {"event": "conversion", "aggregate": "sum", "cap": 20}},
     {"name": "latency_capped", "numerator": {"event": "impression", "aggregate": "sum", "cap": 15}},
 ]
-# Latency comes from a bfloat16 sketch on the aggregate path: within 0.4% of the exact quantile (the docstring)
-LATENCY_KEYS = {"latency_p95_ms", "p95_low", "p95_high", "control_p95", "treated_p95"}
 
 
 @pytest.fixture(scope="module", params=STORES)
@@ -55,33 +53,6 @@ def _experiment(name="agg", **extra):
     exp, problems = parse_experiment(config)
     assert not problems, problems
     return exp
-
-
-def _compare(a, b, path=""):
-    """Every number equal to 1e-9 (relative); latency figures within 1%; everything else identical."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        if a.get("metric") == "latency_p95":  # the latency guardrail: from the sketch, to within its precision
-            assert a.get("status") == b.get("status"), path
-            path += ".latency_p95"
-        for key in a:
-            if key not in ("generated_at", "source"):
-                _compare(a[key], b[key], f"{path}.{key}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _compare(x, y, f"{path}[{i}]")
-    elif isinstance(a, float) and isinstance(b, float):
-        tol = 1e-9
-        if any(k in path for k in LATENCY_KEYS) or "latency_p95" in path:
-            tol = 0.01 if "harm" not in path and "bound" not in path else 0.2  # a relative change of two sketches
-        assert math.isclose(a, b, rel_tol=tol, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b)), (path, a, b)
-    elif isinstance(a, int) and not isinstance(a, bool) and "latency_p95" in path:
-        assert math.isclose(a, b, rel_tol=0.2), (path, a, b)  # units needed to clear the margin
-    elif isinstance(a, str) and ("latency_p95" in path or "latency_p95" in a):
-        pass  # the guardrail's reason (and a verdict's) prints the p95 figures
-    else:
-        assert a == b, (path, a, b)
 
 
 def test_aggregate_report_equals_the_raw_event_report(client):

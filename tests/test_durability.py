@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 
-from event_samples import feedback, impression, stored
+from event_samples import START, feedback, impression, stored
+from report_compare import compare
 from gateway.eventlog import store
 from gateway.eventlog.spool import HEADER, frame
 from gateway.eventlog.writer import EventWriter
@@ -78,6 +79,24 @@ def assert_exactly_once(client, acked: dict) -> None:
         assert ids == acked[table]
 
 
+def assert_aggregates_exact(client) -> dict:
+    """The report's per-unit aggregates (experiments/aggregates.py) count every event once too: the report read
+    from them equals the one read from the raw events, number for number."""
+    from datetime import timedelta
+
+    from experiments.report import build_report
+    from experiments.schema import parse_experiment
+    from metric_events import experiment_config
+
+    exp, problems = parse_experiment(experiment_config("exp", ("baseline", "finetuned"),
+                                                       start=START - timedelta(hours=1), days=1))
+    assert not problems, problems
+    fast, exact = build_report(client, exp), build_report(client, exp, exact=True)
+    assert fast["source"]["path"] == "aggregates" and fast["traffic"]["units"] > 0
+    compare(exact, fast)
+    return fast
+
+
 def test_store_failing_part_way_then_back(tmp_path):
     dsn = f"chdb://{tmp_path}/store"
     flaky = FlakyStore(dsn)
@@ -86,6 +105,8 @@ def test_store_failing_part_way_then_back(tmp_path):
                          retry_initial=0.05, retry_max=0.2).start()
     submit_all(writer, 0, 1500, acked)
     assert writer.flush(30)
+    with store.connect(dsn) as client:  # aggregates built before the failures: the replays must not count twice
+        assert assert_aggregates_exact(client)["source"]["refresh"]["mode"] == "build"
     for mode in ("lose_ack", "fail", "refuse"):
         errors = writer.stats()["insert_errors"]
         flaky.mode = mode
@@ -100,6 +121,9 @@ def test_store_failing_part_way_then_back(tmp_path):
         assert_exactly_once(client, acked)
         # The lost acknowledgements really made the writer insert some rows twice; the views hide them.
         assert stored(client, "impressions")[2] >= len(acked["impressions"])
+        report = assert_aggregates_exact(client)
+        assert report["source"]["refresh"]["mode"] == "incremental"
+        assert report["traffic"]["impressions"] == len(acked["impressions"])
 
 
 def test_engine_refusing_inserts_part_way_then_accepting(tmp_path):
@@ -225,6 +249,7 @@ def test_kill_9_under_load_then_restart(tmp_path):
             assert acked[table] <= ids, f"{len(acked[table] - ids)} acknowledged {table} lost"
             # At most the one event spooled in the instant between submit() and the acknowledgement.
             assert len(ids - acked[table]) <= 1
+        assert_aggregates_exact(client)
 
 
 # ---- through the real HTTP gateway: `abgate serve`, real encoder, FAISS, chdb ---------------------------------
