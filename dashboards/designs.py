@@ -74,9 +74,10 @@ def render_interleaving(report: dict) -> str:
         f"<div class='card' id='balance'><div class='label'>Team balance {pages.badge(balance.get('status', '?'))}"
         f"</div>first picks {escape(str(balance.get('first_picks')))}, shown positions "
         f"{escape(str(balance.get('positions')))}</div>",
-        "<h2>Preference</h2><div class='card'><p class='muted note'>Per user: credited clicks for the candidate "
-        "minus for the control, averaged over the user's interleaved searches with a credited click; tested "
-        "against 0 with the always-valid interval.</p><table id='preferences'><tr><th class='l'>Arms</th>"
+        "<h2>Preference</h2><div class='card'><p class='muted note'>Wins minus losses per interleaved search "
+        "with a credited click (a win: more credited clicks for the candidate), pooled per user, the user "
+        "being the independent unit; clicks in the arms' common prefix count for no arm; tested against 0 "
+        "with the always-valid interval.</p><table id='preferences'><tr><th class='l'>Arms</th>"
         "<th>Preference</th><th>Interval</th><th>Users</th><th>Wins / losses / ties</th><th class='l'></th></tr>"
         + prefs + "</table></div>",
         "<h2>Over time</h2><div class='card'>" + charts.cumulative_lift(

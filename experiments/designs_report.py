@@ -1,8 +1,10 @@
 """Reports of interleaving and shadow experiments (A/B reports are experiments/report.py's).
 
-Interleaving: clicks on each interleaved impression are credited to the team of their position, unit scores
-and the always-valid preference test come from experiments/interleaving.py, the team-balance check withholds
-the verdict like SRM does, and each arm's offline NDCG sits beside the online preference.
+Interleaving: clicks on each interleaved impression are credited to the team of their position, except clicks
+in the arms' common prefix (the top positions where every arm's own ranking, logged beside the impression, has
+the same documents: their team is a coin flip, so they are ignored; Chapelle et al. 2012), unit scores and the
+always-valid preference test come from experiments/interleaving.py, the team-balance check withholds the
+verdict like SRM does, and each arm's offline NDCG sits beside the online preference.
 
 Shadow: users saw the control; the candidate answered the same queries off the request path. The report
 compares the candidate's lists with control's for the same impressions (overlap@k and rank-biased overlap,
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from experiments.interleaving import UnitScores, credit, preference, team_balance
+from experiments.interleaving import UnitScores, common_prefix, credit, preference, team_balance
 from experiments.metrics import analysis_window
 from experiments.offline_compare import offline_comparison
 
@@ -59,11 +61,13 @@ def _header(experiment, window, design: str) -> dict:
 
 def interleaving_report(client, experiment, *, database: str = "abgate", now: datetime | None = None) -> dict:
     window, params, clause = _window_params(experiment, now)
-    sql = (f"SELECT i.unit_id, toDate(i.ts) AS day, i.arms, i.teams, groupUniqArray(f.position) AS clicked "
+    sql = (f"SELECT i.unit_id, toDate(i.ts) AS day, i.arms, i.teams, i.rankings, "
+           f"groupUniqArray(f.position) AS clicked "
            f"FROM (SELECT * FROM {database}.interleavings FINAL WHERE experiment = {{experiment:String}} AND "
            f"{clause}) AS i LEFT JOIN (SELECT impression_id, position FROM {database}.feedback FINAL WHERE "
            f"experiment = {{experiment:String}} AND type = 'click') AS f ON f.impression_id = i.impression_id "
-           f"GROUP BY i.impression_id, i.unit_id, day, i.arms, i.teams ORDER BY day SETTINGS join_use_nulls = 0")
+           f"GROUP BY i.impression_id, i.unit_id, day, i.arms, i.teams, i.rankings ORDER BY day "
+           f"SETTINGS join_use_nulls = 0")
     rows = client.query(sql, parameters=params).result_rows
     settings = _settings(experiment)
     control = experiment.control
@@ -73,7 +77,8 @@ def interleaving_report(client, experiment, *, database: str = "abgate", now: da
     first = {arm: 0 for arm in arm_names}
     shown = {arm: 0 for arm in arm_names}
     units, clicked_impressions, points, day = set(), 0, [], None
-    for unit, row_day, arms, teams, positions in rows:
+    clicks_total = clicks_in_prefix = 0
+    for unit, row_day, arms, teams, rankings, positions in rows:
         if day is not None and row_day != day:
             points += _look(day, scores, control, settings)
         day = row_day
@@ -83,7 +88,12 @@ def interleaving_report(client, experiment, *, database: str = "abgate", now: da
             first[names[teams[0]]] = first.get(names[teams[0]], 0) + 1
         for team in teams:
             shown[names[team]] = shown.get(names[team], 0) + 1
-        clicks = credit(list(teams), [p for p in positions if p], len(names))
+        rankings = [list(r) for r in rankings]
+        shown_clicks = {p for p in positions if p and 1 <= p <= len(teams)}
+        clicks_total += len(shown_clicks)
+        prefix = common_prefix(rankings)
+        clicks_in_prefix += sum(p <= prefix for p in shown_clicks)
+        clicks = credit(list(teams), shown_clicks, len(names), rankings)
         if any(clicks):
             clicked_impressions += 1
         by_arm = dict(zip(names, clicks))
@@ -93,7 +103,7 @@ def interleaving_report(client, experiment, *, database: str = "abgate", now: da
         points += _look(day, scores, control, settings)
     balance = team_balance([first[a] for a in arm_names], [shown[a] for a in arm_names], arm_names) \
         if rows else {"alert": None, "status": "unavailable", "reason": "No interleaved impressions yet."}
-    prefs = {arm: preference(scores[arm].scores(), alpha=settings["alpha"], sequential=settings["sequential"],
+    prefs = {arm: preference(*scores[arm].units(), alpha=settings["alpha"], sequential=settings["sequential"],
                              tuning=settings["tuning"]) for arm in candidates}
     rows_for_offline = [{"arm": arm, "role": "primary", "higher_is_better": True,
                          "relative": _pref_interval(p), "relative_sequential": _pref_interval(p),
@@ -102,7 +112,7 @@ def interleaving_report(client, experiment, *, database: str = "abgate", now: da
     report = _header(experiment, window, "interleaving") | {
         "settings": settings,
         "traffic": {"units": len(units), "impressions": len(rows), "impressions_with_credited_clicks":
-                    clicked_impressions},
+                    clicked_impressions, "clicks": clicks_total, "clicks_in_common_prefix": clicks_in_prefix},
         "balance": balance,
         "preferences": [{"arm": arm, "control": control, **p.to_dict(), "direction": _direction(p)}
                         for arm, p in prefs.items()],
@@ -134,8 +144,8 @@ def _direction(p) -> str:
 def _look(day, scores: dict, control: str, settings: dict) -> list[dict]:
     out = []
     for arm, unit_scores in scores.items():
-        seq = preference(unit_scores.scores(), alpha=settings["alpha"], sequential=True, tuning=settings["tuning"])
-        fixed = preference(unit_scores.scores(), alpha=settings["alpha"], sequential=False)
+        seq = preference(*unit_scores.units(), alpha=settings["alpha"], sequential=True, tuning=settings["tuning"])
+        fixed = preference(*unit_scores.units(), alpha=settings["alpha"], sequential=False)
         out.append({"day": day.isoformat(), "arm": arm, "units": seq.units, "estimate": seq.mean,
                     "ci_low": fixed.ci_low, "ci_high": fixed.ci_high, "seq_low": seq.ci_low, "seq_high": seq.ci_high,
                     "seq_p_value": seq.p_value, "reason": seq.reason})
@@ -168,6 +178,11 @@ def _interleaving_verdict(experiment, report: dict) -> dict:
             reasons.append(shown + ": users prefer the control (significant)")
         else:
             reasons.append(shown + " (not significant)")
+    traffic = report["traffic"]
+    if traffic.get("clicks_in_common_prefix"):
+        reasons.append(f"{traffic['clicks_in_common_prefix']:,} of {traffic['clicks']:,} clicks were in the arms' "
+                       "common prefix (the same documents in the same order at the top of every arm's ranking): "
+                       "their team is a coin flip, so they count for no arm.")
     reasons += [f"Offline vs online disagree for {c['arm']}: {c['note']}."
                 for c in report["offline"]["comparisons"] if c["disagreement"]]
     if winners:

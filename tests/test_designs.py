@@ -11,6 +11,7 @@ import pytest
 from conftest import GatewayProcess, write_two_arm_experiment
 from dashboards.designs import render_page, render_text
 from experiments.designs_report import rbo
+from experiments.interleaving import common_prefix
 from experiments.loader import load_folder
 from experiments.report import build_report
 from gateway.eventlog import store
@@ -39,7 +40,7 @@ def test_interleaved_search_merges_both_arms_and_replays_exactly(tmp_path, gatew
     encoder_dir, flat_dir, hnsw_dir = gateway_artifacts
     _experiment(tmp_path / "experiments", gateway_artifacts, "inter", "interleaving")
     gateway = GatewayProcess(tmp_path, tmp_path / "experiments", "--no-access-log")
-    served = []
+    served, units = [], {}
     try:
         with httpx.Client(base_url=gateway.url, timeout=30) as client:
             for i in range(30):
@@ -48,6 +49,7 @@ def test_interleaved_search_merges_both_arms_and_replays_exactly(tmp_path, gatew
                 body = r.json()
                 assert body["arm"] == "interleaved" and body["experiment"] == "inter"
                 served.append(body)
+                units[body["impression_id"]] = f"u{i % 10}"
                 first = body["results"][0]
                 f = client.post("/v1/feedback", json={"impression_id": body["impression_id"], "type": "click",
                                                       "doc_id": first["doc_id"], "position": 1})
@@ -73,9 +75,12 @@ def test_interleaved_search_merges_both_arms_and_replays_exactly(tmp_path, gatew
         report = build_report(db, experiment)
     assert report["design"] == "interleaving" and report["traffic"]["impressions"] == 30
     (pref,) = report["preferences"]
-    # Both arms search the same documents (exact vs HNSW): most clicks land on documents both rank first,
-    # credited by the coin flip; the report says so without naming a winner.
-    assert pref["units"] == 10 and report["verdict"]["status"] in ("inconclusive", "insufficient_data")
+    # Both arms search the same documents (exact vs HNSW) and mostly rank the same one first: a click there
+    # lies in their common prefix, its team is a coin flip, and it counts for no arm (Chapelle et al. 2012).
+    in_prefix = {b["impression_id"] for b in served if common_prefix([list(r) for r in rows[b["impression_id"]][3]])}
+    assert report["traffic"]["clicks"] == 30 and report["traffic"]["clicks_in_common_prefix"] == len(in_prefix) > 0
+    assert pref["units"] == len({units[b["impression_id"]] for b in served if b["impression_id"] not in in_prefix})
+    assert report["verdict"]["status"] in ("inconclusive", "insufficient_data")
     assert report["balance"]["status"] in ("ok", "alert") and sum(report["balance"]["positions"].values()) > 0
     page = render_page(report)
     assert "id='preferences'" in page and "<svg" in page

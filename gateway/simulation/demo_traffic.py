@@ -30,7 +30,7 @@ ARMS = ("baseline", "finetuned")
 PRIMARY = "mrr"
 AB_SHARE = 0.9              # finetune-vs-baseline holds layer buckets [0, 9000); aa-baseline [9000, 9500)
 INTER_SHARE = 0.05          # finetune-vs-baseline-interleaved [9500, 10000)
-INTER_VOLUMES = (50, 100, 200, 400, 800, 1600, 3200)
+INTER_VOLUMES = (100, 200, 400, 800, 1000, 1200, 1400, 1600, 2400, 3200)
 TARGET_POWER = 0.9
 QUERY_CACHE = 10_000        # the gateway's query-embedding cache (SciFact test has 300 distinct queries)
 

@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from experiments.interleaving import preference
+from experiments.interleaving import NO_TEAM, credited_teams, outcome, preference
 from experiments.stats import RatioStatistic, sequential_test, z_test
 from gateway.interleaving import interleave
 from gateway.simulation.users import ClickModel, Judgments, Population
@@ -124,29 +124,78 @@ def volume_needed(points: Sequence[VolumePoint], target: float = 0.8) -> int | N
 @dataclass(frozen=True)
 class InterleavedQueries:
     """Per query, `variants` pre-drawn team-draft interleavings of the two arms' rankings: the merged list's
-    click probabilities (queries x variants x k) and, per position, 1 when the candidate's team showed it."""
+    click probabilities (queries x variants x k) and, per position, the team a click there is credited to
+    (experiments/interleaving.py's credited_teams: 1 candidate, 0 control, NO_TEAM in the common prefix)."""
     probs: np.ndarray
-    candidate: np.ndarray
+    team: np.ndarray
+
+    @property
+    def candidate(self) -> np.ndarray:
+        return self.team == 1
+
+    @property
+    def control(self) -> np.ndarray:
+        return self.team == 0
+
+    def ignored_click_share(self) -> float:
+        """Expected share of clicks that land in the arms' common prefix (credited to no team)."""
+        total = self.probs.sum()
+        return float(self.probs[self.team == NO_TEAM].sum() / total) if total > 0 else 0.0
 
 
 def interleaved_queries(control: Mapping[str, Sequence[str]], treatment: Mapping[str, Sequence[str]],
-                        judgments: Judgments, model: ClickModel, k: int = 10, variants: int = 16,
+                        judgments: Judgments, model: ClickModel, k: int = 10, variants: int = 32,
                         seed: int = 0) -> InterleavedQueries:
+    """`variants` (even) team-draft merges per query, in antithetic pairs: the second of a pair merges the
+    arms in swapped order with the same seed, which is the same draw with every coin flipped (the arm that
+    picked first in a round now picks second). Each merge is a fair team-draft draw, as served; the pairs keep
+    a small pool from favouring an arm by the luck of its coin flips (real serving flips fresh coins for every
+    impression, so it has no such pool bias)."""
+    if variants < 2 or variants % 2:
+        raise ValueError(f"variants must be a positive even number, got {variants}")
     q = len(judgments.query_ids)
-    probs, team = np.zeros((q, variants, k)), np.zeros((q, variants, k), dtype=bool)
+    probs, team = np.zeros((q, variants, k)), np.full((q, variants, k), NO_TEAM, dtype=np.int8)
     for row, query_id in enumerate(judgments.query_ids):
         rankings = [list(control.get(query_id, []))[:k], list(treatment.get(query_id, []))[:k]]
         for v in range(variants):
-            merged = interleave(rankings, k, seed=hash((seed, row, v)) & 0xFFFFFFFF)
+            pair_seed = hash((seed, row, v // 2)) & 0xFFFFFFFF
+            if v % 2 == 0:
+                merged = interleave(rankings, k, seed=pair_seed)
+                teams = merged.teams
+            else:   # the antithetic draw: arms swapped, teams mapped back (0 control, 1 candidate)
+                merged = interleave(rankings[::-1], k, seed=pair_seed)
+                teams = tuple(1 - t for t in merged.teams)
             n = len(merged.doc_ids)
             probs[row, v, :n] = model.click_probabilities(list(merged.doc_ids), judgments.qrels[query_id])
-            team[row, v, :n] = np.asarray(merged.teams) == 1
+            team[row, v, :n] = credited_teams(teams, rankings)
     return InterleavedQueries(probs, team)
 
 
+def mirrored(queries: InterleavedQueries) -> InterleavedQueries:
+    """A null with two different rankings: `queries` beside itself with the teams swapped (each search is, with
+    probability 1/2, control-vs-candidate or candidate-vs-control), so no arm is better in expectation while
+    clicks still land below the common prefix. Identical arms (an A/A test) would test nothing under the
+    common-prefix rule: every click lies in the prefix."""
+    swapped = np.where(queries.team == NO_TEAM, NO_TEAM, 1 - queries.team).astype(np.int8)
+    return InterleavedQueries(np.concatenate([queries.probs, queries.probs], axis=1),
+                              np.concatenate([queries.team, swapped], axis=1))
+
+
+def unit_outcomes(owner: np.ndarray, clicked: np.ndarray, team: np.ndarray,
+                  users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(s_u, n_u) of the units with a credited impression, from per-impression clicks (impressions x k) and
+    credited teams: experiments/interleaving.py's credit, outcome and UnitScores, vectorised."""
+    cand, ctrl = (clicked & (team == 1)).sum(axis=1), (clicked & (team == 0)).sum(axis=1)
+    credited = (cand + ctrl) > 0
+    sums = np.bincount(owner[credited], weights=outcome(cand, ctrl)[credited], minlength=users)
+    counts = np.bincount(owner[credited], minlength=users)
+    has = counts > 0
+    return sums[has], counts[has]
+
+
 def _replicate_interleaving(queries: InterleavedQueries, users: int, population: Population, model: ClickModel,
-                            rng: np.random.Generator) -> np.ndarray:
-    """The unit scores of one simulated experiment (experiments/interleaving.py's definition)."""
+                            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The units' (summed outcomes, credited impressions) of one simulated experiment."""
     visits = 1 + rng.poisson(max(population.mean_visits - 1, 0), users)
     searches = np.zeros(users, dtype=int)
     for v in range(int(visits.max())):
@@ -158,44 +207,39 @@ def _replicate_interleaving(queries: InterleavedQueries, users: int, population:
     variant = rng.integers(0, queries.probs.shape[1], owner.size)
     p = queries.probs[query, variant] * propensity[owner, None]
     clicked = rng.random(p.shape) < np.clip(p, 0, 1)
-    team = queries.candidate[query, variant]
-    cand, ctrl = (clicked & team).sum(axis=1), (clicked & ~team).sum(axis=1)
-    credited = (cand + ctrl) > 0
-    sums = np.bincount(owner[credited], weights=(cand - ctrl)[credited], minlength=users)
-    counts = np.bincount(owner[credited], minlength=users)
-    has = counts > 0
-    return sums[has] / counts[has]
+    return unit_outcomes(owner, clicked, queries.team[query, variant], users)
 
 
 def study_interleaving(queries: InterleavedQueries, volumes: Sequence[int], *, reps: int = 200,
                        population: Population = Population(), model: ClickModel = ClickModel(),
                        alpha: float = 0.05, tuning: float = 5_000, seed: int = 0,
                        expected: int | None = None, looks: int = 1) -> list[VolumePoint]:
-    """Power of the interleaving preference test at each volume (every user sees both arms). `expected`: the
-    sign of the preference that should be found (+1 candidate, -1 control, 0 none: the A/A case); default
-    from the expected credited clicks. `looks` > 1: users arrive evenly over that many daily looks and the
-    always-valid test is read at each (a rejection at any look counts), as a team peeking daily would."""
+    """Power of the interleaving preference test (experiments/interleaving.py's `preference`) at each volume
+    (every user sees both arms). `expected`: the sign of the preference that should be found (+1 candidate,
+    -1 control, 0 none: the A/A case); default from the expected credited clicks. `looks` > 1: users arrive
+    evenly over that many daily looks and the always-valid test is read at each (a rejection at any look
+    counts), as a team peeking daily would."""
     if expected is None:
-        diff = (queries.probs * queries.candidate).sum() - (queries.probs * ~queries.candidate).sum()
-        expected = int(np.sign(diff))
+        diff = (queries.probs * queries.candidate).sum() - (queries.probs * queries.control).sum()
+        expected = int(np.sign(round(float(diff), 9)))
     points = []
     for users in volumes:
         rng = np.random.default_rng([seed, users, 1])
         right = wrong = fixed_right = 0
         means = []
         for _ in range(reps):
-            scores = _replicate_interleaving(queries, users, population, model, rng)
+            sums, counts = _replicate_interleaving(queries, users, population, model, rng)
             if looks > 1:  # the first looks: a rejection there is final (the verdict would have been read)
-                arrival = rng.integers(0, looks, scores.size)
-                early = [preference(scores[arrival <= look].tolist(), alpha=alpha, sequential=True, tuning=tuning)
-                         for look in range(looks - 1)]
+                arrival = rng.integers(0, looks, sums.size)
+                early = (preference(sums[arrival <= look], counts[arrival <= look], alpha=alpha, sequential=True,
+                                    tuning=tuning) for look in range(looks - 1))
                 hit = next((p for p in early if p.significant), None)
                 if hit is not None:
                     right += bool(np.sign(hit.mean) == expected and expected != 0)
                     wrong += bool(np.sign(hit.mean) != expected or expected == 0)
                     continue
-            seq = preference(scores.tolist(), alpha=alpha, sequential=True, tuning=tuning)
-            fixed = preference(scores.tolist(), alpha=alpha, sequential=False)
+            seq = preference(sums, counts, alpha=alpha, sequential=True, tuning=tuning)
+            fixed = preference(sums, counts, alpha=alpha, sequential=False)
             if seq.mean is not None:
                 means.append(seq.mean)
             if seq.significant:
