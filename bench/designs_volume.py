@@ -39,7 +39,7 @@ from gateway.simulation.users import ClickModel, Population, load_judgments  # n
 from gateway.simulation.volume import (click_matrix, interleaved_queries, mirrored, study,  # noqa: E402
                                        study_interleaving, volume_needed)
 
-AB_VOLUMES = (500, 1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 18000, 20000, 24000, 32000, 48000)
+AB_VOLUMES = (50, 100, 200, 300, 500, 1000, 2000, 4000, 6000, 8000, 10000, 12000, 14000, 16000, 18000, 20000, 24000, 32000, 48000)
 INTER_VOLUMES = (50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100, 1200, 1400, 1600, 2000, 2400, 3200)
 DEFAULT_TUNING = 5_000
 
