@@ -99,10 +99,11 @@ def insert_sql(q: MetricQueries, unit_filter: str) -> str:
                  f"AND ts < {{end:DateTime64(3, 'UTC')}} AND {unit_filter}")
     fb_where = "experiment = {experiment:String} AND cityHash64(impression_id) IN (SELECT imp_key FROM imp)"
     columns = q._unit_columns()
-    per_day = ", ".join(f"sum(toFloat64({expr})) AS s_{n}" for n, expr in columns)
-    rows = f"arraySort(groupArray(tuple(day{''.join(f', s_{n}' for n, _ in columns)})))"
-    # the same aggregate in every arrayMap: ClickHouse computes identical aggregates once
-    array = {n: f"arrayMap(t -> t.{j + 2}, {rows})" for j, (n, _) in enumerate(columns)}
+    # One GROUP BY unit: sumMap keyed by day gives the day-sorted per-day sums of every column at once (a day
+    # stays because its `searches` sum is at least 1). Grouping by (unit, day) first and then by unit held a
+    # latency sketch and two hash sets per (unit, day): 7.4 GB peak for a 10M-impression build in 2 buckets.
+    by_day = f"sumMap(([day]{''.join(f', [toFloat64({expr})]' for _, expr in columns)}))"
+    array = {n: f"tupleElement({by_day}, {j + 2})" for j, (n, _) in enumerate(columns)}
     custom = [n for n, _ in columns if n not in UNIT_COLUMNS]
     custom_sql = (f"mapFromArrays([{', '.join(repr(n) for n in custom)}], [{', '.join(array[n] for n in custom)}])"
                   if custom else "CAST(map(), 'Map(String, Array(Float64))')")
@@ -110,13 +111,11 @@ def insert_sql(q: MetricQueries, unit_filter: str) -> str:
     return (f"INSERT INTO {q.db}.unit_aggregates (experiment, spec, arm, unit_id, days, {names}, custom, latency, "
             f"encoders, indexes, last_ts, version)\n"
             f"WITH {q.searches_cte(imp_where=imp_where, fb_where=fb_where, extra=_EXTRA)}\n"
-            f"SELECT {{experiment:String}}, {{spec:String}}, arm, unit_id, arrayMap(t -> t.1, {rows}), "
+            f"SELECT {{experiment:String}}, {{spec:String}}, arm, unit_id, tupleElement({by_day}, 1), "
             f"{', '.join(array[n] for n in UNIT_COLUMNS)}, {custom_sql}, "
-            f"quantilesBFloat16MergeState({_GRID})(lat), groupUniqArrayArray(enc), groupUniqArrayArray(idx), "
-            f"max(last), {{version:UInt64}}\n"
-            f"FROM (SELECT arm, unit_id, day, {per_day}, quantilesBFloat16State({_GRID})(i_latency) AS lat, "
-            f"groupUniqArray(i_enc) AS enc, groupUniqArray(i_idx) AS idx, max(i_ts) AS last "
-            f"FROM searches GROUP BY arm, unit_id, day)\nGROUP BY arm, unit_id\nSETTINGS {LOCAL_SUBQUERIES}")
+            f"quantilesBFloat16State({_GRID})(i_latency), groupUniqArray(i_enc), groupUniqArray(i_idx), "
+            f"max(i_ts), {{version:UInt64}}\n"
+            f"FROM searches GROUP BY arm, unit_id\nSETTINGS {LOCAL_SUBQUERIES}")
 
 
 def _run_insert(client, q: MetricQueries, spec: str, unit_filter: str, params: dict | None = None) -> int:
