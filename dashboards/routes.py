@@ -42,6 +42,9 @@ class DashboardSource:
     experiments: Callable[[], dict]
     connect: Callable[[], object]
     ttl_s: float = 0.0
+    # aggregates refreshed less than this long ago are read as they are (the gateway's refresher keeps them
+    # current); None: every build refreshes first (experiments/aggregates.py)
+    max_lag_s: float | None = None
     clock: Callable[[], float] = time.monotonic
     builds: int = 0
     _client: object | None = None
@@ -57,7 +60,7 @@ class DashboardSource:
             if cached and cached[1] is experiment and self.clock() - cached[0] < self.ttl_s:
                 return cached[2]
             started = time.perf_counter()
-            report = build_report(self.client(), experiment)
+            report = build_report(self.client(), experiment, max_lag_s=self.max_lag_s)
             self.builds += 1
             log.info("report built", experiment=name, seconds=round(time.perf_counter() - started, 2),
                      builds=self.builds)

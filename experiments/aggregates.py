@@ -71,6 +71,7 @@ class RefreshResult:
     buckets: int = 0
     buckets_done: int = 0
     resumed_at: int = 0  # the bucket a build started from (> 0: an interrupted build resumed)
+    as_of: datetime | None = None  # every event inserted before this is in the aggregates
 
     @property
     def complete(self) -> bool:
@@ -78,7 +79,8 @@ class RefreshResult:
 
     def to_dict(self) -> dict:
         return {"spec": self.spec, "mode": self.mode, "units": self.units, "seconds": round(self.seconds, 3),
-                "buckets": self.buckets, "buckets_done": self.buckets_done, "resumed_at": self.resumed_at}
+                "buckets": self.buckets, "buckets_done": self.buckets_done, "resumed_at": self.resumed_at,
+                "as_of": self.as_of.isoformat() if self.as_of else None}
 
 
 def spec_for(experiment, metrics: dict[str, MetricDef], dwell_threshold: float) -> AggregateSpec:
@@ -160,12 +162,14 @@ def _server_now(client) -> datetime:
 
 def refresh(client, experiment, metrics: dict[str, MetricDef], *, database: str = "abgate",
             dwell_threshold: float, buckets: int | None = None, rebuild: bool = False,
-            max_buckets: int | None = None, progress=None) -> RefreshResult:
+            max_buckets: int | None = None, max_lag_s: float | None = None, progress=None) -> RefreshResult:
     """Bring the experiment's aggregates up to date: a full build (resumed where an interrupted one stopped)
     when there are none under this spec, else the units with events inserted since the watermark.
     `buckets`: unit buckets of a new build (default: one per ROWS_PER_BUCKET impressions; each bucket reads
     the experiment's events once, and holds 1/buckets of them in memory); `max_buckets`: stop a build after
-    that many buckets (the rest on the next call)."""
+    that many buckets (the rest on the next call); `max_lag_s`: aggregates refreshed less than this long ago
+    are read as they are (mode "current"; the gateway's refresher keeps them so: a dashboard does not pay for
+    the refresh of the units that searched in the last seconds)."""
     started = time.perf_counter()
     spec = spec_for(experiment, metrics, dwell_threshold)
     q = _queries(database, experiment, metrics, dwell_threshold)
@@ -173,6 +177,9 @@ def refresh(client, experiment, metrics: dict[str, MetricDef], *, database: str 
     if state is not None and state[2] >= state[1]:
         watermark = state[0] if state[0].tzinfo else state[0].replace(tzinfo=timezone.utc)
         now = _server_now(client)
+        if max_lag_s is not None and (now - watermark).total_seconds() < max_lag_s:
+            return RefreshResult(spec.id, "current", 0, time.perf_counter() - started, state[1], state[1], state[1],
+                                 watermark)
         params = {"since": _ts(watermark - overlap_for(client))}
         touched = (f"SELECT unit_id FROM {database}.impressions WHERE experiment = {{experiment:String}} "
                    f"AND inserted_at >= {{since:DateTime64(3, 'UTC')}} UNION DISTINCT SELECT unit_id FROM "
@@ -184,7 +191,7 @@ def refresh(client, experiment, metrics: dict[str, MetricDef], *, database: str 
             _run_insert(client, q, spec.id, f"unit_id IN ({touched})", params)
         _save_state(client, database, experiment.name, spec.id, now, state[1], state[1])
         return RefreshResult(spec.id, "incremental", units, time.perf_counter() - started, state[1], state[1],
-                             state[1])
+                             state[1], now)
     if state is None:
         if buckets is None:
             rows = client.query(f"SELECT count() FROM {database}.impressions WHERE experiment = {{e:String}}",
@@ -207,7 +214,8 @@ def refresh(client, experiment, metrics: dict[str, MetricDef], *, database: str 
     units = _written_since(client, q, spec.id, first)
     if stop == total:
         _merge(client, database, experiment.name)
-    return RefreshResult(spec.id, "build", units, time.perf_counter() - started, total, stop, resumed_at)
+    return RefreshResult(spec.id, "build", units, time.perf_counter() - started, total, stop, resumed_at,
+                         watermark)
 
 
 def _merge(client, database: str, experiment: str) -> None:
@@ -291,14 +299,14 @@ class AggregateQueries(MetricQueries):
 
 def collect_data(client, experiment, *, metrics: dict[str, MetricDef], database: str, dwell_threshold: float,
                  cumulative_metric: str | None, now: datetime | None = None, exact: bool = False,
-                 progress=None) -> tuple[ExperimentData, dict]:
+                 max_lag_s: float | None = None, progress=None) -> tuple[ExperimentData, dict]:
     """The report's sums, from the aggregates (refreshed first) unless `exact`; and where they came from."""
     kwargs = dict(metrics=metrics, database=database, dwell_threshold=dwell_threshold,
                   cumulative_metric=cumulative_metric, now=now)
     if exact:
         return collect(client, experiment, **kwargs), {"path": "raw events", "reason": "asked for (--exact)"}
     result = refresh(client, experiment, metrics, database=database, dwell_threshold=dwell_threshold,
-                     progress=progress)
+                     max_lag_s=max_lag_s, progress=progress)
     if not result.complete:  # cannot happen without max_buckets; a partial build must never be read
         raise RuntimeError("aggregate build stopped before its last bucket")
     end = analysis_window(experiment.start, experiment.end, now)[1]

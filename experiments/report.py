@@ -285,7 +285,7 @@ def _cuped(experiment, data) -> dict | None:
 
 def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = None, database: str = "abgate",
                  dwell_threshold: float = m.DEFAULT_DWELL_THRESHOLD_S, correction: str = "holm",
-                 now: datetime | None = None, exact: bool = False, progress=None) -> dict:
+                 now: datetime | None = None, exact: bool = False, max_lag_s: float | None = None, progress=None) -> dict:
     """The full report of an experiment (schema.Experiment), JSON-ready; `exact`: from raw events, not aggregates."""
     design = getattr(experiment.design, "type", None) or "ab"
     if design == "interleaving":
@@ -299,7 +299,7 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
     secondary += [c for c in (custom or {}) if c not in secondary and c != spec.primary]
     guard = [g.metric for g in spec.guardrails]
     metrics, unknown = m.resolve_metrics(primary + secondary + guard, custom)
-    data, source = collect_data(client, experiment, metrics=metrics, database=database, now=now, exact=exact,
+    data, source = collect_data(client, experiment, metrics=metrics, database=database, now=now, exact=exact, max_lag_s=max_lag_s,
                                 dwell_threshold=dwell_threshold, progress=progress, cumulative_metric=spec.primary if spec.primary in metrics else None)
     known = [n for n in secondary if n in metrics]
     primary_rows = _analyse(experiment, data, [n for n in primary if n in metrics], "primary", correction)

@@ -72,8 +72,10 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
     signer = ImpressionSigner(parse_keys(settings.impression_keys), ttl_s=settings.impression_ttl_s)
     service = SearchService(runtime, signer, events, metrics, shadow=shadow)
     res = Resources(settings, metrics, runtime, events, service)
+    refreshing = settings.log_events and settings.aggregates_refresh_s > 0
     dashboard = DashboardSource(runtime.experiments, lambda: store.connect(settings.dsn or store.default_dsn()),
-                                ttl_s=settings.report_ttl_s)
+                                ttl_s=settings.report_ttl_s,
+                                max_lag_s=2 * settings.aggregates_refresh_s if refreshing else None)
 
     @asynccontextmanager
     async def lifespan(app: Litestar):
@@ -90,7 +92,7 @@ def create_app(settings: Settings | None = None, lifecycle: Lifecycle | None = N
         metrics.watch(lambda: events.writer.stats() if events.writer is not None else {}, runtime.queue_depth,
                       runtime.query_cache_stats)
         refresher = None
-        if settings.log_events and settings.aggregates_refresh_s > 0:
+        if refreshing:
             refresher = AggregateRefresher(runtime.experiments, dashboard.client, settings.aggregates_refresh_s).start()
         if read_surface_open(settings):
             log.warning("dashboards, report.json and experiment details are open without a key: no viewer or "

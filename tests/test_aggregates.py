@@ -178,3 +178,23 @@ def test_gateway_refresher_keeps_them_current(client):
     done = refresher.refresh_once()["agg"]
     assert done["mode"] == "incremental" and done["units"] == 1
     _compare(build_report(client, exp, exact=True), build_report(client, exp))
+
+
+def test_fresh_aggregates_are_read_without_a_refresh(client):
+    """The dashboard of a gateway whose refresher runs reads aggregates refreshed within max_lag_s as they are,
+    and says as of when; a late event waits for the next refresh, then counts."""
+    from gateway.eventlog.events import Feedback
+    from metric_events import EventLog
+
+    exp = _experiment()
+    current = build_report(client, exp)
+    imp = next(i for i in client.log.impressions if i.enrolled and i.doc_ids and i.experiment == "agg"
+               and START <= i.ts < START + timedelta(days=DAYS) and i.arm == "control")
+    EventLog(feedback=[Feedback("lag-click", imp.impression_id, imp.ts + timedelta(seconds=7), "agg", imp.arm,
+                                imp.unit_id, "click", imp.doc_ids[1], 2, 1.0)]).insert(client)
+    lagging = build_report(client, exp, max_lag_s=3600)
+    assert lagging["source"]["refresh"]["mode"] == "current" and lagging["source"]["refresh"]["as_of"]
+    assert lagging["traffic"] == current["traffic"] and lagging["comparisons"] == current["comparisons"]
+    fresh = build_report(client, exp)  # no allowance: the click counts
+    assert fresh["source"]["refresh"]["mode"] == "incremental" and fresh["source"]["refresh"]["units"] == 1
+    _compare(build_report(client, exp, exact=True), fresh)
