@@ -40,6 +40,13 @@ test: venv test-deps
 demo: venv
 	$(BIN)/abgate demo --data $(DATA) $(if $(FULL),--full) $(DEMO_ARGS)
 
+# The improvement loop, end to end: simulated users click on SciFact train queries through the gateway (baseline vs
+# its 128-dimension Matryoshka index), harvest (IPS and naive), finetune --pairs, export, index, NDCG@10 on test.
+# Reuses artifacts/ (e.g. the demo's baseline); LOOP_ARGS='--users N --fresh-traffic ...'. See docs/loop.md.
+.PHONY: loop
+loop: venv
+	$(BIN)/abgate loop --data $(DATA) $(LOOP_ARGS)
+
 bench: venv
 	$(BIN)/python bench/run_all.py --data $(DATA) $(BENCH_ARGS)
 

@@ -224,7 +224,9 @@ def _curve(kept: list[tuple], args, clicks: int) -> propensity.Curve | None:
         return None
     depth = max((len(r[7]) for r in kept), default=10) or 10
     # Only enrolled units of an experiment were assigned an arm by a hash: their positions are interventions.
-    randomized = [(r[3], normalize(r[6]), r[7], r[9]) for r in kept if r[2] and r[5]]
+    # An arm is named with its experiment (two experiments may both have a "baseline"); the unit goes along so
+    # that the bootstrap resamples users, whose clicks are correlated, rather than single impressions.
+    randomized = [(f"{r[2]}/{r[3]}", normalize(r[6]), r[7], r[9], r[4]) for r in kept if r[2] and r[5]]
     try:
         return propensity.estimate(randomized, bootstrap=args.bootstrap, seed=args.seed)
     except propensity.NoInterventions as exc:

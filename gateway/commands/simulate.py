@@ -67,6 +67,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(d)
     d.set_defaults(func=demo)
 
+    lp = sub.add_parser("loop", help="clicks -> harvest -> finetune --pairs -> offline NDCG on SciFact (make loop)",
+                        description="Same as `make loop`; see docs/loop.md. Finished steps are skipped.")
+    from gateway.simulation.loop import add_arguments as loop_arguments
+    loop_arguments(lp)
+    lp.set_defaults(func=loop)
+
 
 def simulate(args: argparse.Namespace) -> int:
     from gateway.simulation.replay import check_loopback, replay
@@ -164,5 +170,11 @@ def simulate_volume(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     from gateway.simulation.demo import run
+
+    return run(args)
+
+
+def loop(args: argparse.Namespace) -> int:
+    from gateway.simulation.loop import run
 
     return run(args)
