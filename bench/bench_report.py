@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import statistics
 import subprocess
@@ -40,7 +41,6 @@ sys.path.insert(0, str(REPO))
 import machine  # noqa: E402
 
 from experiments import aggregates  # noqa: E402
-from experiments.custom_metrics import definitions  # noqa: E402
 from experiments.report import build_report  # noqa: E402
 from experiments.schema import parse_experiment  # noqa: E402
 from gateway.eventlog import store, tables  # noqa: E402
@@ -146,8 +146,8 @@ def prepare(folder: Path, impressions: int, units: int) -> dict:
         progress(f"generated in {out['generate_seconds']:.1f} s")
     exp = experiment()
     cpu_before = cpu_seconds()
-    out["backfill_seconds"], result = timed(lambda: aggregates.refresh(
-        client, exp, definitions(list(exp.custom_metrics)), dwell_threshold=30.0, buckets=None, progress=sys.stderr))
+    out["backfill_seconds"], result = timed(lambda: aggregates.refresh_experiment(
+        client, exp, dwell_threshold=30.0, progress=sys.stderr))
     out["backfill_cpu_seconds"] = cpu_seconds() - cpu_before
     out["backfill_mode"], out["backfill_peak_rss_mb"] = result.mode, peak_rss_mb()
     progress(f"aggregates: {result.mode}, {result.units:,} units in {out['backfill_seconds']:.1f} s")
@@ -174,12 +174,12 @@ def measure(folder: Path, builds: int, exact_builds: int) -> dict:
     client.close()
     report = reports["aggregates"]
     same = None
-    if "exact" in reports:
-        pick = (lambda r: [(c["metric"], c["arm"], c.get("relative_lift"), c.get("p_value"))
+    if "exact" in reports:  # the primary and secondary comparisons (latency comes from a sketch)
+        pick = (lambda r: [(c["metric"], c["arm"], c.get("relative_lift") or 0.0, c.get("p_value") or 0.0)
                            for c in r["comparisons"] if c["metric"] != "latency_p95"])
-        same = pick(report) == pick(reports["exact"]) or all(
-            a[:2] == b[:2] and all(abs((x or 0) - (y or 0)) <= 1e-9 * max(1, abs(x or 0)) for x, y in zip(a[2:], b[2:]))
-            for a, b in zip(pick(report), pick(reports["exact"])))
+        same = all(a[:2] == b[:2] and math.isclose(a[2], b[2], rel_tol=1e-9, abs_tol=1e-12)
+                   and math.isclose(a[3], b[3], rel_tol=1e-9, abs_tol=1e-12)
+                   for a, b in zip(pick(report), pick(reports["exact"])))
     return {"reference_s": ref_s, "runs": runs, "verdict": report["verdict"], "units": report["traffic"]["units"],
             "impressions": report["traffic"]["impressions"], "source": report["source"], "same_numbers": same}
 

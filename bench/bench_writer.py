@@ -89,8 +89,8 @@ def refresher(dsn: str, every_s: float, stop: threading.Event, runs: list) -> th
         with store.connect(dsn) as client:
             tables.migrate(client)
             while not stop.wait(every_s):
-                runs.append(aggregates.refresh(client, exp, {}, database=client.database,
-                                               dwell_threshold=30.0).units)
+                runs.append(aggregates.refresh_experiment(client, exp, database=client.database,
+                                                          dwell_threshold=30.0).units)
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
     return thread

@@ -16,7 +16,6 @@ from typing import Callable
 import structlog
 
 from experiments import aggregates
-from experiments.custom_metrics import definitions
 from experiments.metrics import DEFAULT_DWELL_THRESHOLD_S
 
 log = structlog.get_logger("abgate.aggregates")
@@ -40,9 +39,8 @@ class AggregateRefresher:
                 continue
             started = time.perf_counter()
             try:
-                result = aggregates.refresh(self.client(), experiment,
-                                            definitions(list(experiment.custom_metrics)),
-                                            dwell_threshold=DEFAULT_DWELL_THRESHOLD_S)
+                result = aggregates.refresh_experiment(self.client(), experiment,
+                                                       dwell_threshold=DEFAULT_DWELL_THRESHOLD_S)
             except Exception as exc:  # noqa: BLE001 - logged and retried at the next tick; reports refresh anyway
                 log.warning("aggregate refresh failed", experiment=name, error=str(exc)[:300])
                 continue

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from datetime import datetime, timedelta, timezone
 
+from experiments.custom_metrics import definitions
 from experiments.metrics import LATENCY_GRID, ArmSummary, ExperimentData, MetricDef, analysis_window
 from experiments.metrics_sql import UNIT_COLUMNS, MetricQueries, _ts, collect
 
@@ -230,6 +231,12 @@ def _merge(client, database: str, experiment: str) -> None:
         client.command(f"OPTIMIZE TABLE {database}.unit_aggregates PARTITION {int(part)} FINAL")
     except ClickHouseError:
         pass
+
+
+def refresh_experiment(client, experiment, **kwargs) -> RefreshResult:
+    """`refresh` under the spec a report of `experiment` uses (its custom metrics): for the gateway's refresher,
+    `abgate db backfill` and the benches, which have no report's metric set at hand."""
+    return refresh(client, experiment, definitions(list(experiment.custom_metrics)), **kwargs)
 
 
 def covers(client, database: str, experiment: str, spec: str, end: datetime) -> bool:

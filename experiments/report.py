@@ -1,10 +1,9 @@
 """The verdict on one experiment: from the event log to a JSON-ready report (the CLI and the dashboard show it).
 
     build_report(client, experiment)  ->  dict (see docs/reports.md for every field)
-
-Steps: metric sums per arm (experiments/metrics.py) -> the statistics engine (experiments/stats.analyze) ->
-SRM check -> guardrails -> the verdict; plus the cumulative lift of the primary metric per daily look, the
-daily traffic per arm and the offline-vs-online table (experiments/offline_compare.py).
+Steps: metric sums per arm (metrics.py; from aggregates.py's per-unit rows unless exact=True) -> the engine
+(stats.analyze) -> SRM -> guardrails -> the verdict; plus the cumulative lift of the primary metric per daily
+look, the daily traffic per arm and the offline-vs-online table (experiments/offline_compare.py).
 
 Decisions, and why:
 - An SRM alert (p < 0.001) withholds the verdict: a skewed split means units are lost selectively, and no
@@ -285,8 +284,8 @@ def _cuped(experiment, data) -> dict | None:
 
 def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = None, database: str = "abgate",
                  dwell_threshold: float = m.DEFAULT_DWELL_THRESHOLD_S, correction: str = "holm",
-                 now: datetime | None = None, exact: bool = False, max_lag_s: float | None = None, progress=None) -> dict:
-    """The full report of an experiment (schema.Experiment), JSON-ready; `exact`: from raw events, not aggregates."""
+                 now: datetime | None = None, **options) -> dict:
+    """The full report of an experiment (schema.Experiment), JSON-ready; options: collect_data's (exact, ...)."""
     design = getattr(experiment.design, "type", None) or "ab"
     if design == "interleaving":
         return interleaving_report(client, experiment, database=database, now=now)
@@ -299,8 +298,9 @@ def build_report(client, experiment, *, custom: dict[str, m.MetricDef] | None = 
     secondary += [c for c in (custom or {}) if c not in secondary and c != spec.primary]
     guard = [g.metric for g in spec.guardrails]
     metrics, unknown = m.resolve_metrics(primary + secondary + guard, custom)
-    data, source = collect_data(client, experiment, metrics=metrics, database=database, now=now, exact=exact, max_lag_s=max_lag_s,
-                                dwell_threshold=dwell_threshold, progress=progress, cumulative_metric=spec.primary if spec.primary in metrics else None)
+    charted = spec.primary if spec.primary in metrics else None
+    data, source = collect_data(client, experiment, metrics=metrics, database=database, now=now,
+                                dwell_threshold=dwell_threshold, cumulative_metric=charted, **options)
     known = [n for n in secondary if n in metrics]
     primary_rows = _analyse(experiment, data, [n for n in primary if n in metrics], "primary", correction)
     secondary_rows = _analyse(experiment, data, known, "secondary", correction)

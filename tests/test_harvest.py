@@ -21,6 +21,7 @@ from conftest import GatewayProcess, write_two_arm_experiment
 from exporters.corpus import qrels_file, read_qrels, read_queries
 from exporters.pairs import fingerprint
 from gateway import cli
+from cli_errors import one_line_error as _one_line_error
 
 slow = pytest.mark.slow  # the tests on a real gateway's log; the estimator's own tests run without one
 SIM = ["--users", "240", "--seed", "3", "--noise", "0.25", "--mean-visits", "3", "--mean-searches", "3"]
@@ -202,14 +203,6 @@ def test_harvest_and_finetune_never_read_judgments(logged, harvested, tmp_path, 
     assert record["weighting"]["kind"].startswith("per-example weighted MNRL")
     on_disk = json.loads((tmp_path / "model" / "abgate-finetune.json").read_text())
     assert on_disk["data"]["pairs_sha256"] == record["data"]["pairs_sha256"]
-
-
-def _one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2 and "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("abgate: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], err
 
 
 @slow

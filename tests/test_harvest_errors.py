@@ -16,6 +16,7 @@ import pytest
 from event_samples import START
 from gateway import cli
 from gateway.eventlog.events import COLUMNS, Feedback, Impression, new_event_id
+from cli_errors import one_line_error
 
 
 def write_log(folder: Path, searches: list[tuple[str, str, str, list[str], list[int]]]) -> str:
@@ -49,14 +50,6 @@ def harvest(dsn: str, out: Path, *extra: str, capsys) -> tuple[int, str, str]:
     code = cli.main(["harvest", "--dsn", dsn, "--out", str(out), "--no-exclude", *extra])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2 and "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("abgate: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], err
 
 
 def test_an_empty_window_says_so(tmp_path, capsys):

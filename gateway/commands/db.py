@@ -106,7 +106,6 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 def run_backfill(args: argparse.Namespace) -> int:
     from experiments import aggregates
-    from experiments.custom_metrics import definitions
     from gateway.commands.report import experiments_dir, find_experiment
 
     if args.buckets is not None and args.buckets < 1:
@@ -118,10 +117,9 @@ def run_backfill(args: argparse.Namespace) -> int:
     if design != "ab":
         raise InputError(f"{experiment.name} is a {design} experiment: its report reads its own tables "
                          "(interleavings, shadow_results), which need no aggregates", field="experiment")
-    metrics = definitions(list(experiment.custom_metrics))  # the spec depends on the custom metrics only
     with connect(args.dsn) as client:
         tables.migrate(client)
-        result = aggregates.refresh(client, experiment, metrics, dwell_threshold=args.dwell_threshold,
+        result = aggregates.refresh_experiment(client, experiment, dwell_threshold=args.dwell_threshold,
                                     buckets=args.buckets, rebuild=args.rebuild, max_buckets=args.stop_after,
                                     progress=sys.stderr)
     out = {"experiment": experiment.name} | result.to_dict()
