@@ -9,7 +9,7 @@ Reported per variant: requests/s, p50/p99, the server's CPU per request (all thr
 shadow jobs done/dropped. The ratios: interleaved CPU per request / A/B's (two encoders per request), and shadow
 throughput / A/B's (goal >= 0.95 while a core is spare).
 
-    python bench/bench_designs.py [--data DIR] [--queries N] [--encoder D --index D]
+    python bench/bench_designs.py [--data DIR] [--quick] [--queries N] [--encoder D --index D] [--force]
 """
 
 from __future__ import annotations
@@ -49,10 +49,15 @@ def run(work: Path, name: str, design: str, queries: list[str], encoder: Path, i
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--data", default=str(HERE.parent.parent / "shared/data/scifact"))
-    p.add_argument("--queries", type=int, default=1200)
+    p.add_argument("--quick", action="store_true", help="300 requests per variant instead of 1,200")
+    p.add_argument("--queries", type=int, help="requests per variant (default 1,200; --quick 300)")
     p.add_argument("--encoder")
     p.add_argument("--index")
+    # bench/run_all.py passes --force to every script; this one does not check the load itself (run_all.py
+    # waits for a quiet machine before it), so there is nothing to force.
+    p.add_argument("--force", action="store_true", help="accepted for bench/run_all.py; no effect here")
     args = p.parse_args()
+    args.queries = args.queries or (300 if args.quick else 1200)
     data = Path(args.data)
     encoder, index = bg.find_artifacts(args.encoder, args.index, data, 2000)
     queries = (bg.read_queries(data, args.queries) * 3)[:args.queries]

@@ -5,7 +5,8 @@ event store; the gateway also serves a real encoder and index. Measured: search 
 reference), then search p99 while N readers GET /dashboard/EXPERIMENT/report.json at once, and how many report
 builds the gateway made (single flight + report_ttl_s: the goal is 1).
 
-    python bench/bench_read_surface.py [--impressions 10000000] [--units 1000000] [--readers 20] [--store DIR]
+    python bench/bench_read_surface.py [--quick] [--impressions 10000000] [--units 1000000] [--readers 20]
+                                       [--store DIR] [--force]
 """
 
 from __future__ import annotations
@@ -56,12 +57,18 @@ def searches(url: str, queries: list[str], seconds: float) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--impressions", type=int, default=10_000_000)
-    p.add_argument("--units", type=int, default=1_000_000)
+    p.add_argument("--quick", action="store_true", help="1M impressions, 100k units (as bench_report --quick)")
+    p.add_argument("--impressions", type=int, help="impressions to generate (default 10M; --quick 1M)")
+    p.add_argument("--units", type=int, help="units to generate (default 1M; --quick 100k)")
     p.add_argument("--readers", type=int, default=20)
-    p.add_argument("--store", default=None)
+    p.add_argument("--store", default=None, help="reuse (or keep) a generated store; its size wins over the flags")
     p.add_argument("--data", default=str(HERE.parent.parent / "shared/data/scifact"))
+    # bench/run_all.py passes --force to every script; this one does not check the load itself (run_all.py
+    # waits for a quiet machine before it), so there is nothing to force.
+    p.add_argument("--force", action="store_true", help="accepted for bench/run_all.py; no effect here")
     args = p.parse_args()
+    args.impressions = args.impressions or (1_000_000 if args.quick else 10_000_000)
+    args.units = args.units or (100_000 if args.quick else 1_000_000)
     encoder, index = bg.find_artifacts(None, None, Path(args.data), 2000)
     queries = bg.read_queries(Path(args.data), 200)
     with tempfile.TemporaryDirectory() as tmp:

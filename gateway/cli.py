@@ -15,11 +15,11 @@ from gateway.commands import db, report, serve, simulate
 # has register(subparsers); a subcommand sets `func(args) -> int | None` as its default. Command modules
 # import their heavy dependencies (torch, scipy, chdb) inside the command, so `abgate --help` stays fast.
 COMMAND_MODULES = (
-    exporters_commands,    # export-model, finetune, build-index, eval-offline
+    exporters_commands,    # export-model, import-model, build-index, eval-offline, harvest, finetune
     serve,                 # serve
-    db,                    # db migrate, events
-    simulate,              # simulate, simulate-volume, demo
-    experiments_commands,  # experiments validate, stats
+    db,                    # db migrate|backfill, events count|tail
+    simulate,              # simulate, simulate-volume, demo, loop
+    experiments_commands,  # experiments validate|plan|propose, stats
     report,                # report
 )
 

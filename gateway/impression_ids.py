@@ -12,9 +12,11 @@ says is refused without storing the list. The MAC covers every byte before it: a
 the check (404, as an unknown id); one older than the ttl is refused (410), whatever replica served it.
 
 Keys: `ABGATE_IMPRESSION_KEYS` = `ID:SECRET[,ID:SECRET...]` (ID 0-255, SECRET base64 or text of at least 16
-bytes). The first key signs; every listed key verifies, so rotation is: add the new key first, keep the old
-one listed until its impressions are older than `impression_ttl_s`, then remove it. Without keys the gateway
-makes a random key at start and logs that feedback then only verifies on this process until it restarts.
+bytes). The first key signs; every listed key verifies. Rotation, in three rollouts: (1) append the new key
+on every replica (it only verifies, so no replica signs with a key that another cannot check yet); (2) move it
+to the front everywhere (it signs); (3) remove the old key `impression_ttl_s` after step 2 reached every
+replica, when no id it signed is accepted any more. Without keys the gateway makes a random key at start
+and logs that feedback then only verifies on this process until it restarts.
 """
 
 from __future__ import annotations

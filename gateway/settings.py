@@ -18,6 +18,19 @@ from gateway.impression_ids import parse_keys
 DEFAULT_MAX_BODY_BYTES = 64 * 1024
 
 
+# The settings `abgate serve` also takes as flags (gateway/commands/serve.py defines them; tests/test_settings.py
+# checks that the two agree); the others are environment-only.
+SERVE_FLAGS = {
+    "experiments_dir": "--experiments", "layer": "--layer", "artifacts_dir": "--artifacts-dir",
+    "state_file": "--state-file", "default_encoder": "--default-encoder", "default_index": "--default-index",
+    "force": "--force", "host": "--host", "port": "--port", "device": "--device", "encoder_threads": "--encoder-threads",
+    "batch_workers": "--batch-workers", "max_batch": "--max-batch", "max_wait_ms": "--max-wait-ms",
+    "query_cache": "--query-cache", "dsn": "--dsn", "log_events": "--no-events", "spool_dir": "--spool-dir",
+    "events_flush_s": "--events-flush-s", "max_body_bytes": "--max-body-bytes", "access_log": "--no-access-log",
+    "log_level": "--log-level",
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     experiments_dir: str = "experiments/examples"
@@ -53,7 +66,7 @@ class Settings:
     # Dashboards, report.json and experiment details need this key (or the admin key) in X-API-Key; with no key
     # set they are open only on a loopback host (gateway/routes/access.py)
     viewer_api_key: str | None = None
-    report_ttl_s: float = 60.0            # a report is rebuilt at most this often; concurrent GETs share one build
+    report_ttl_s: float = 60.0            # rebuilt at most this often (0: every GET); concurrent GETs share one build
     aggregates_refresh_s: float = 30.0    # keep the reports' per-unit aggregates current this often; 0 = off
     # Connection limits (gateway/server.py): slow or oversized requests are cut off before they hold a worker
     max_connections: int = 1024           # connections and tasks at once; beyond: 503
@@ -79,7 +92,9 @@ class Settings:
 
     def validated(self) -> "Settings":
         def bad(name: str, what: str) -> InputError:
-            return InputError(f"{what} (env ABGATE_{name.upper()} or --{name.replace('_', '-')})", field=name)
+            # Name a flag only where `abgate serve` has one: a flag that does not exist sends the reader looking.
+            flag = f" or {SERVE_FLAGS[name]}" if name in SERVE_FLAGS else ""
+            return InputError(f"{what} (env ABGATE_{name.upper()}{flag})", field=name)
 
         if self.max_batch < 1 or self.max_batch > 1024:
             raise bad("max_batch", "must be between 1 and 1024")
@@ -100,9 +115,11 @@ class Settings:
             raise bad("query_cache", "must be >= 0 (query embeddings to keep; 0 turns the cache off)")
         if (self.default_encoder is None) != (self.default_index is None):
             raise bad("default_encoder", "default_encoder and default_index go together: set both or neither")
-        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s", "report_ttl_s"):
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
             if not 0 < getattr(self, name) <= 3600:
                 raise bad(name, "must be between 0 and 3600 seconds")
+        if not 0 <= self.report_ttl_s <= 3600:
+            raise bad("report_ttl_s", "must be between 0 (rebuild at every request) and 3600 seconds")
         if not 0 <= self.aggregates_refresh_s <= 86400:
             raise bad("aggregates_refresh_s", "must be between 0 (off) and 86400 seconds")
         if not 0 <= self.drain_s <= 300:

@@ -129,12 +129,13 @@ def test_grace_period_covers_prestop_drain_and_the_writer_flush():
     container = _gateway_container(deployment)
     env = {e["name"]: e.get("value") for e in container["env"]}
     flush_s = float(env.get("ABGATE_EVENTS_FLUSH_S") or Settings().events_flush_s)
+    drain_s = float(env.get("ABGATE_DRAIN_S") or Settings().drain_s)  # readyz 503, still serving
     prestop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert prestop[0] == "sleep"
     sleep_s = float(prestop[1])
     # EventWriter.close(timeout) waits up to `timeout` for the flush, then up to `timeout` for its thread.
     close_timeout = inspect.signature(EventWriter.close).parameters["timeout"].default
-    needed = sleep_s + flush_s + 2 * close_timeout
+    needed = sleep_s + drain_s + flush_s + 2 * close_timeout
     assert pod["terminationGracePeriodSeconds"] > needed, (pod["terminationGracePeriodSeconds"], needed)
 
 

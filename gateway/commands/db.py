@@ -1,4 +1,5 @@
-"""`abgate db migrate` and `abgate events count|tail`: set up the event store and look at what was logged.
+"""`abgate db migrate|backfill` and `abgate events count|tail`: set up the event store, build an experiment's
+per-unit report aggregates from the events already logged, and look at what was logged.
 
 The embedded store (chdb) belongs to one process: while `abgate serve` runs on it, these commands say so
 (StoreBusyError) instead of waiting; point them at a ClickHouse server DSN, or stop the gateway first.

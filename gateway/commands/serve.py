@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from gateway.settings import Settings
+from gateway.settings import SERVE_FLAGS, Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,9 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-SETTING_FLAGS = ("experiments_dir", "layer", "artifacts_dir", "state_file", "default_encoder", "default_index",
-                 "force", "host", "port", "device", "encoder_threads", "batch_workers", "max_batch", "max_wait_ms",
-                 "query_cache", "dsn", "log_events", "spool_dir", "events_flush_s", "max_body_bytes", "access_log", "log_level")
+SETTING_FLAGS = tuple(SERVE_FLAGS)
 
 
 def preflight(settings: Settings):

@@ -19,7 +19,9 @@ import msgspec
 
 
 class Impression(msgspec.Struct, frozen=True):
-    impression_id: str      # secrets.token_urlsafe(16): unguessable; also the dedup key
+    # ImpressionSigner.sign (gateway/impression_ids.py): it carries and signs what feedback needs, so any replica
+    # verifies feedback without a lookup; also the dedup key
+    impression_id: str
     ts: datetime            # UTC
     experiment: str
     arm: str
@@ -90,7 +92,8 @@ COLUMNS = {Impression: IMPRESSION_COLUMNS, Feedback: FEEDBACK_COLUMNS, Interleav
 
 
 def new_event_id() -> str:
-    """An unguessable id (128 random bits): feedback can only name an impression the gateway really served."""
+    """A random id (128 bits) for an event that must never collapse with another: a conversion sent without an
+    idempotency key (gateway/service.py `feedback_id`)."""
     return secrets.token_urlsafe(16)
 
 
