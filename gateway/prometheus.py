@@ -6,6 +6,7 @@
     abgate_feedback_total{type}                             feedback accepted
     abgate_microbatch_size                                  histogram of the rows in each ONNX call
     abgate_event_queue_depth                                events waiting in the writer
+    abgate_event_backlog_bytes                              spool bytes accepted but not yet stored (0: all stored)
     abgate_events_written_total / _spilled_total / _dropped_total   from EventWriter.stats()
     abgate_batcher_queue_depth                              queries waiting for a micro-batch
     abgate_query_cache_hits_total / _misses_total, abgate_query_cache_entries   (when --query-cache > 0)
@@ -36,6 +37,11 @@ class _LiveCollector:
         depth = GaugeMetricFamily("abgate_event_queue_depth", "Events waiting in the event writer's queue")
         depth.add_metric([], float(_pick(stats, "queue_depth", "queued", "queue", "pending")))
         yield depth
+        # Growing: the store is behind or down (events wait safely in the spool). 0: every accepted event is in
+        # the store, so a report built now counts all of them (the demo waits for it before each look).
+        backlog = GaugeMetricFamily("abgate_event_backlog_bytes", "Spool bytes accepted but not yet stored")
+        backlog.add_metric([], float(_pick(stats, "backlog_bytes")))
+        yield backlog
         for name in ("written", "spilled", "dropped"):
             family = CounterMetricFamily(f"abgate_events_{name}", f"Events {name} by the event writer")
             family.add_metric([], float(_pick(stats, name, f"events_{name}")))

@@ -1,10 +1,11 @@
 """What a search and a feedback request do, apart from HTTP: the logic the thin routes call.
 
     search:   route the unit -> its arm's micro-batcher (encode + FAISS) -> filters, score threshold, top k
-              -> remember the impression (feedback checks) -> log it -> count it
-    feedback: find the served impression (this process's cache, else the event log) -> check the document and
-              its position -> log the event, with experiment, arm and unit copied from the impression, under an
-              id that makes a client's retry collapse in the store (see `feedback_id`)
+              -> sign the impression id (it carries experiment, arm, unit and the shown doc ids) -> log it
+    feedback: verify the signed impression id (gateway/impression_ids.py: no memory or store lookup, so any
+              replica answers) -> check the document and its position -> log the event, with experiment, arm
+              and unit copied from the impression, under an id that makes a client's retry collapse in the
+              store (see `feedback_id`); a batch is checked whole before any of it is logged
 
 Errors are domain errors (experiments/errors.py's tree plus the three below); gateway/routes/errors.py maps
 each to its HTTP answer in one place.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import time
 import unicodedata
 from dataclasses import dataclass
+from typing import Sequence
 
 from experiments.errors import AbgateError, InputError
 from gateway.batcher import BatcherClosed
@@ -150,6 +152,32 @@ class SearchService:
 
     async def feedback(self, impression_id: str, type: str, doc_id: str, position: int,
                        value: float | None = None, idempotency_key: str | None = None) -> FeedbackOutcome:
+        event, served = self._checked_feedback(impression_id, type, doc_id, position, value, idempotency_key)
+        self._log_feedback(event)
+        return FeedbackOutcome(event.event_id, served)
+
+    async def feedback_batch(self, items: Sequence) -> list[FeedbackOutcome]:
+        """Several feedback events (objects with FeedbackRequest's fields), all or nothing: each is checked
+        before any is logged, and an error names the event (`events[3].position`). A client retries a batch
+        whole, so every event in one must be idempotent: a conversion needs its idempotency_key."""
+        checked = []
+        for i, item in enumerate(items):
+            try:
+                if item.type not in ONCE_PER_DOCUMENT and item.idempotency_key is None:
+                    raise InputError("a conversion in a batch needs an idempotency_key (the client's id for it): a "
+                                     "batch is retried whole, and without a key a retry would count it twice",
+                                     field="idempotency_key")
+                checked.append(self._checked_feedback(item.impression_id, item.type, item.doc_id, item.position,
+                                                      item.value, item.idempotency_key))
+            except AbgateError as exc:
+                exc.field = f"events[{i}]" + (f".{exc.field}" if exc.field else "")
+                raise
+        for event, _ in checked:
+            self._log_feedback(event)
+        return [FeedbackOutcome(event.event_id, served) for event, served in checked]
+
+    def _checked_feedback(self, impression_id: str, type: str, doc_id: str, position: int, value: float | None,
+                          idempotency_key: str | None) -> tuple[Feedback, SignedImpression]:
         served = self.served_impression(impression_id)
         if not served.shown(doc_id, position):
             elsewhere = next((p for p in range(1, served.count + 1) if served.shown(doc_id, p)), None)
@@ -162,10 +190,12 @@ class SearchService:
             raise InputError("dwell feedback needs value: the seconds spent on the document", field="value")
         value = 1.0 if type == "click" else (value if value is not None else 1.0)
         event_id = feedback_id(served.impression_id, type, doc_id, idempotency_key)
-        self.events.submit(Feedback(event_id, served.impression_id, utcnow(), served.experiment, served.arm,
-                                    served.unit_id, type, doc_id, position, float(value)))
-        self.metrics.feedback.labels(type).inc()
-        return FeedbackOutcome(event_id, served)
+        return Feedback(event_id, served.impression_id, utcnow(), served.experiment, served.arm, served.unit_id,
+                        type, doc_id, position, float(value)), served
+
+    def _log_feedback(self, event: Feedback) -> None:
+        self.events.submit(event)
+        self.metrics.feedback.labels(event.type).inc()
 
     def served_impression(self, impression_id: str) -> SignedImpression:
         """The facts the signed id carries (gateway/impression_ids.py): a signature check, no memory or store

@@ -222,12 +222,15 @@ def test_progress_line_gives_rate_and_eta():
     assert slow.getvalue() == "abgate finetune: pass 1: step 2/29 loss 0.5000 (30.0 s each, eta 13 min 30 s)\n"
 
 
-def test_demo_fine_tunes_one_pass_unless_full():
-    from gateway.simulation.demo import finetune_passes
+def test_demo_fine_tunes_one_short_pass_unless_full():
+    from gateway.simulation.demo import finetune_passes, finetune_recipe
 
     assert finetune_passes(False, []) == 1
     assert finetune_passes(True, []) == 2
     assert finetune_passes(False, ["--passes", "2", "--epochs", "2"]) == 2  # --finetune-args has the last word
+    assert finetune_recipe(False, []) == {"passes": 1, "epochs": 4, "max_length": 128}
+    assert finetune_recipe(True, []) == {"passes": 2, "epochs": 1, "max_length": 256}
+    assert finetune_recipe(False, ["--max-length", "256", "--lr", "3e-5"])["max_length"] == 256
 
 
 def test_mined_negatives_are_never_known_positives(mini_beir, baseline_model_dir):

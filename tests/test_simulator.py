@@ -126,7 +126,8 @@ def test_bad_qrels_line_is_reported_with_its_number(tmp_path):
         load_judgments(tmp_path / "nowhere")
 
 
-@pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "http://example.com", "ftp://127.0.0.1/"])
+@pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "http://example.com", "ftp://127.0.0.1/",
+                                 "https://127.0.0.1:8443"])
 def test_only_loopback_targets(url):
     with pytest.raises(InputError, match="loopback"):
         check_loopback(url)
@@ -157,7 +158,7 @@ def test_cli_says_when_no_gateway_answers():
                           timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "abgate serve" in proc.stderr and "ConnectError" in proc.stderr
+    assert "abgate serve" in proc.stderr and "Connection refused" in proc.stderr
 
 
 # --- End to end: real `abgate serve` (real model, FAISS, chdb), real HTTP, then the store is read ---------------
@@ -213,6 +214,19 @@ design: {{alpha: 0.05, mde: 0.02, sequential: true}}
                         ).result_rows[0][0] == 1
 
 
+def test_demo_looks_every_chunk_up_to_the_budget():
+    from experiments.errors import InputError
+    from gateway.simulation.demo import looks
+
+    assert looks(None, 2000, 7000) == [2000, 4000, 6000, 7000]
+    assert looks(None, 2000, 6000) == [2000, 4000, 6000]
+    assert looks([900, 300, 900], 2000, 40000) == [300, 900]  # explicit stages win, once each, in order
+    with pytest.raises(InputError, match="at least 1"):
+        looks([0, 10], 2000, 40000)
+    with pytest.raises(InputError, match="at least 1"):
+        looks(None, 0, 40000)
+
+
 @pytest.mark.slow
 def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encoder_dir, small_index_dir):
     """The demo's orchestration on a small index: offline eval, gateway, one stage of users, both reports.
@@ -243,6 +257,8 @@ def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encode
     verdicts = result["stages"][0]["verdicts"]
     ab, aa, inter = verdicts[AB], verdicts[AA], verdicts[INTER]
     assert ab["units"] + aa["units"] + inter["units"] == 40  # each user in exactly one of the three experiments
+    # The look (from the running gateway, after its backlog drained) saw what the final report from the store sees.
+    assert (ab["units"], ab["impressions"]) == (result["ab"]["units"], result["ab"]["impressions"])
     assert ab["winner"] is None and aa["winner"] is None and inter["winner"] is None
     assert result["interleaving"]["status"] in ("inconclusive", "insufficient_data", "no_data")
     assert (work / "artifacts" / "demo" / f"{AB}.html").is_file()

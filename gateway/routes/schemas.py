@@ -1,8 +1,8 @@
 """Request and response bodies (msgspec), with the request limits in them so they show in the OpenAPI document.
 
 Limits (docs/gateway.md): query 1..1000 characters, unit_id 1..256, k 1..100, at most 16 filters,
-idempotency_key 1..128; types are strict (`"k": "10"` is a 422, gateway/routes/body.py); the whole body is
-capped by the `max_body_bytes` setting (64 KiB by default) -> 413.
+idempotency_key 1..128, 1..100 events in a feedback batch; types are strict (`"k": "10"` is a 422,
+gateway/routes/body.py); the whole body is capped by the `max_body_bytes` setting (64 KiB by default) -> 413.
 """
 
 from __future__ import annotations
@@ -63,6 +63,20 @@ class FeedbackResponse(msgspec.Struct):
     impression_id: str
     experiment: str
     arm: str
+
+
+MAX_FEEDBACK_BATCH = 100
+
+
+class FeedbackBatchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    events: Annotated[list[FeedbackRequest], Meta(
+        min_length=1, max_length=MAX_FEEDBACK_BATCH,
+        description="1..100 feedback events, checked together: one bad event rejects the batch and none is "
+                    "logged; conversions need an idempotency_key (a batch is retried whole)")]
+
+
+class FeedbackBatchResponse(msgspec.Struct):
+    events: list[FeedbackResponse]
 
 
 class ErrorBody(msgspec.Struct):

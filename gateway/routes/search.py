@@ -1,4 +1,4 @@
-"""POST /v1/search and POST /v1/feedback: HTTP in and out; what they do is gateway/service.py's."""
+"""POST /v1/search, /v1/feedback and /v1/feedback/batch: HTTP in and out; what they do is gateway/service.py's."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from litestar import Controller, post
 from litestar.params import SkipValidation
 
 from gateway.routes.body import require_json_body
-from gateway.routes.schemas import FeedbackRequest, FeedbackResponse, Result, SearchRequest, SearchResponse
+from gateway.routes.schemas import (FeedbackBatchRequest, FeedbackBatchResponse, FeedbackRequest, FeedbackResponse,
+                                    Result, SearchRequest, SearchResponse)
 from gateway.service import SearchService
 
 
@@ -27,3 +28,11 @@ class SearchController(Controller):
                                      idempotency_key=data.idempotency_key)
         served = out.impression
         return FeedbackResponse(out.event_id, served.impression_id, served.experiment, served.arm)
+
+    @post("/feedback/batch", status_code=202,
+          summary="Record up to 100 feedback events at once (e.g. a page's buffered clicks): all or none")
+    async def feedback_batch(self, data: FeedbackBatchRequest,
+                             service: SkipValidation[SearchService]) -> FeedbackBatchResponse:
+        outcomes = await service.feedback_batch(data.events)
+        return FeedbackBatchResponse([FeedbackResponse(o.event_id, o.impression.impression_id, o.impression.experiment,
+                                                       o.impression.arm) for o in outcomes])

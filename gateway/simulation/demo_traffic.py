@@ -1,13 +1,14 @@
-"""The demo's second half: offline evaluation, the gateway, simulated traffic in stages, and the verdicts.
+"""The demo's second half: offline evaluation, the gateway, simulated traffic watched as it comes, and the verdicts.
 
-Traffic is replayed in stages of simulated users (cumulative volumes, `--stages`); after each stage the gateway
-is stopped (which flushes the event log: the embedded store has one owner at a time), `abgate report` reads
-both experiments, and the gateway is started again for the next stage. The reports use sequential tests with
-always-valid intervals, so reading them after every stage is legitimate: the first stage at which the A/B
-verdict names a winner is the volume needed, and the A/A experiment must name none at any stage.
+One gateway serves the whole run. Simulated users come in chunks (`--look-every` layer users, or the
+cumulative volumes of `--stages`); after each chunk the demo reads the three reports from the running gateway
+(GET /dashboard/NAME/report.json, built from the store as it is then: the sequential tests' always-valid
+intervals make every such look legitimate) and stops the traffic at the first look where the A/B test names a
+winner, as a team watching its dashboard would. The A/A experiment must name none at any look. At the end the
+gateway is stopped (its event writer flushes) and `abgate report` reads the final reports from the store.
 
 What was replayed is recorded in artifacts/demo/traffic.json with the checksums of the arms; a second run
-skips finished stages, and changed arms start the store afresh.
+skips finished looks, and changed arms start the store afresh.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
+
 from gateway.launcher import GatewayProcess
 from gateway.simulation.steps import Child, Context, _json, abgate, log, run_step
 from experiments.errors import AbgateError
@@ -28,8 +31,10 @@ ARMS = ("baseline", "finetuned")
 # The A/B test's primary metric and its share of the demo layer (experiments/demo/*.yaml; the volume study
 # must test what the report tests). MRR of the first click was chosen by sensitivity: docs/demo.md.
 PRIMARY = "mrr"
-AB_SHARE = 0.9              # finetune-vs-baseline holds layer buckets [0, 9000); aa-baseline [9000, 9500)
-INTER_SHARE = 0.05          # finetune-vs-baseline-interleaved [9500, 10000)
+# Interleaving gets 15%: enough for it to decide before the A/B test, which is the point it makes (it needs
+# about a thirteenth of the users: docs/interleaving.md), while the A/B test keeps most of the traffic.
+AB_SHARE = 0.8              # finetune-vs-baseline holds layer buckets [0, 8000); aa-baseline [8000, 8500)
+INTER_SHARE = 0.15          # finetune-vs-baseline-interleaved [8500, 10000)
 INTER_VOLUMES = (100, 200, 400, 800, 1000, 1200, 1400, 1600, 2400, 3200)
 TARGET_POWER = 0.9
 QUERY_CACHE = 10_000        # the gateway's query-embedding cache (SciFact test has 300 distinct queries)
@@ -97,9 +102,9 @@ VOLUMES = (1000, 2000, 4000, 8000, 10000, 12000, 14000, 16000, 24000, 32000)  # 
 
 def plan_volume(ctx: Context, reps: int = 100) -> dict:
     """`abgate simulate-volume` on the offline rankings, testing the demo's primary metric: the A/B power and
-    the A/A false-positive rate per volume, and from them the demo's stages: the layer users that put the
-    volume for TARGET_POWER into the A/B test, with a first look at 60% of it (the sequential test allows
-    looks). Cached in artifacts/demo/volume.json (keyed by the rankings and the plan's settings)."""
+    the A/A false-positive rate per volume, and the same for interleaving: what each design needs, printed
+    beside what the live test took. Cached in artifacts/demo/volume.json (keyed by the rankings and the
+    plan's settings)."""
     folder = demo_dir(ctx)
     files = {arm: folder / f"offline-{arm}.json" for arm in ARMS}
     key = {arm: (_json(f) or {}).get("run_id") for arm, f in files.items()} | {
@@ -108,7 +113,7 @@ def plan_volume(ctx: Context, reps: int = 100) -> dict:
     cached = _json(folder / "volume.json")
     if cached and cached.get("key") == key:
         log(f"volume study: done already (A/B needs {cached['ab']['users_needed']} users for "
-            f"{TARGET_POWER:.0%} power on {PRIMARY}; stages {cached['stages']})")
+            f"{TARGET_POWER:.0%} power on {PRIMARY})")
         return cached
     log(f"volume study: abgate simulate-volume on {PRIMARY} ({reps} replications per volume)")
     common = ["--data", str(ctx.data), "--reps", str(reps), "--users", *map(str, VOLUMES), "--metric", PRIMARY,
@@ -118,23 +123,23 @@ def plan_volume(ctx: Context, reps: int = 100) -> dict:
     inter = run_cli_json(ctx, "simulate-volume", str(files["baseline"]), str(files["finetuned"]), "--data",
                          str(ctx.data), "--reps", str(reps), "--users", *map(str, INTER_VOLUMES), "--design",
                          "interleaving", "--target", str(TARGET_POWER))
-    needed = ab["users_needed"] or VOLUMES[-1]
-    layer = int(-(-needed / AB_SHARE // 100) * 100)  # stages count users over the whole layer; rounded up
-    plan = {"key": key, "ab": ab, "aa": aa, "interleaving": inter, "ab_share": AB_SHARE, "target_power": TARGET_POWER,
-            "stages": [int(round(0.6 * layer, -2)), layer]}
+    plan = {"key": key, "ab": ab, "aa": aa, "interleaving": inter, "ab_share": AB_SHARE, "target_power": TARGET_POWER}
     (folder / "volume.json").write_text(json.dumps(plan, indent=2))
     log(f"volume study: A/B needs {ab['users_needed']} users for {TARGET_POWER:.0%} power on {PRIMARY}; A/A "
-        f"false positives {max(p['wrong_sequential'] for p in aa['points']):.1%} at most; stages {plan['stages']}")
+        f"false positives {max(p['wrong_sequential'] for p in aa['points']):.1%} at most")
     return plan
 
 
 def demo_gateway(ctx: Context, port: int) -> GatewayProcess:
-    """`abgate serve` on the demo experiments, logging to artifacts/demo/gateway.log (not started yet)."""
+    """`abgate serve` on the demo experiments, logging to artifacts/demo/gateway.log (not started yet).
+    Reports are built fresh at every look (no report cache, aggregates refreshed by the build itself rather
+    than by a background thread that would take CPU from the traffic between looks)."""
     folder = demo_dir(ctx)
     env = dict(ctx.env, ABGATE_EXPERIMENTS_DIR=str(ctx.path("experiments", "demo")), ABGATE_LAYER="demo",
                ABGATE_ARTIFACTS_DIR=str(ctx.work), ABGATE_SPOOL_DIR=str(folder / "spool"),
                ABGATE_STATE_FILE=str(folder / "state.json"), ABGATE_ACCESS_LOG="false", ABGATE_LOG_LEVEL="warning",
-               ABGATE_ENCODER_THREADS="1", ABGATE_QUERY_CACHE=str(QUERY_CACHE))
+               ABGATE_ENCODER_THREADS="1", ABGATE_QUERY_CACHE=str(QUERY_CACHE), ABGATE_REPORT_TTL_S="0",
+               ABGATE_AGGREGATES_REFRESH_S="0")
     return GatewayProcess(env=env, port=port, log_path=folder / "gateway.log", cwd=ctx.work, ready_timeout_s=300)
 
 
@@ -162,56 +167,94 @@ def verdict(report: dict) -> dict:
     primary = next((c for c in report.get("comparisons", []) if c.get("role") == "primary"), {})
     lift = primary.get("relative_sequential") or primary.get("relative") or {}
     return {"status": v.get("status"), "winner": v.get("winner"), "headline": v.get("headline"),
-            "reasons": v.get("reasons", []), "primary_metric": primary.get("metric"), "srm": (report.get("srm") or {}).get("status"),
+            "reasons": v.get("reasons", []), "primary_metric": primary.get("metric"),
+            "srm": (report.get("srm") or {}).get("status"),
             "units": (report.get("traffic") or {}).get("units"),
             "impressions": (report.get("traffic") or {}).get("impressions"),
             "primary_lift": {k: lift.get(k) for k in ("lift", "ci_low", "ci_high", "p_value")}}
 
 
 def read_reports(ctx: Context) -> dict:
-    """Both reports as JSON; each also written as a static dashboard page, artifacts/demo/NAME.html."""
+    """The final reports, from the store with the gateway stopped (every event flushed), as JSON; each also
+    written as a static dashboard page, artifacts/demo/NAME.html."""
     return {name: run_cli_json(ctx, "report", name, "--experiments", str(ctx.path("experiments", "demo")),
                                "--html", str(demo_dir(ctx) / f"{name}.html"))
             for name in (AB, AA, INTER)}
 
 
+def look(url: str, settle_s: float = 60.0) -> dict:
+    """The reports as the running gateway builds them now (GET /dashboard/NAME/report.json): what a team
+    watching the dashboard sees. First waits (up to `settle_s`) until the gateway has stored every event it
+    accepted (`abgate_event_backlog_bytes` 0 in /metrics), so a look counts all the traffic sent before it."""
+    with httpx.Client(base_url=url, timeout=600, trust_env=False) as client:
+        deadline = time.monotonic() + settle_s
+        while backlog_bytes(client) > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        reports = {}
+        for name in (AB, AA, INTER):
+            response = client.get(f"/dashboard/{name}/report.json")
+            if response.status_code != 200:
+                raise AbgateError(f"the gateway answered HTTP {response.status_code} to GET /dashboard/{name}/"
+                                  f"report.json: {response.text[:300]}")
+            reports[name] = response.json()
+        return reports
+
+
+def backlog_bytes(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("abgate_event_backlog_bytes "):
+            return float(line.split()[1])
+    raise AbgateError("the gateway's /metrics has no abgate_event_backlog_bytes: is it an older abgate?")
+
+
+def _save(folder: Path, record: dict) -> None:
+    (folder / "traffic.json").write_text(json.dumps(record, indent=2))
+
+
 def serve_and_simulate(ctx: Context, args, offline: dict, record: dict) -> dict:
-    """`record`: from reset_store_if_stale, called before the offline evaluation (whose rows share the store)."""
+    """`record`: from reset_store_if_stale, called before the offline evaluation (whose rows share the store).
+    `args.stages`: the cumulative layer users after which the demo looks at the reports."""
     folder = demo_dir(ctx)
     gateway = demo_gateway(ctx, args.port)
     previous = record["stages"][-1]["users"] if record["stages"] else 0
-    reports = None
+    decided = any(s["verdicts"][AB]["winner"] for s in record["stages"]) and not args.all_stages
+    todo = [] if decided else [users for users in args.stages if users > previous]
     try:
-        for number, users in enumerate(args.stages, start=1):
-            if users <= previous:
-                continue
-            record["running"] = number
-            (folder / "traffic.json").write_text(json.dumps(record, indent=2))
+        if todo:
             log(f"starting the gateway on {gateway.url} (log: {gateway.log_path.relative_to(ctx.work)})")
             gateway.start()
-            log(f"stage {number}: {users - previous} more simulated users (cumulative {users})")
+        for users in todo:
+            number = len(record["stages"]) + 1  # numbers the chunk's seed and unit ids: never reused in a store
+            record["running"] = number
+            _save(folder, record)
+            log(f"look {number}: {users - previous} more simulated users (cumulative {users})")
             started = time.perf_counter()
             sim = run_cli_json(ctx, "simulate", "--url", gateway.url, "--data", str(ctx.data),
                                "--users", str(users - previous), "--seed", str(args.seed + number),
                                "--prefix", f"demo-s{number}", "--concurrency", str(args.concurrency),
                                "--max-seconds", "3600")
-            gateway.stop()
-            reports = read_reports(ctx)
+            simulated = time.perf_counter() - started
+            reports = look(gateway.url)
             stage = {"users": users, "searches": sim.get("searches"), "clicks": sim.get("clicks"),
                      "failed": (sim.get("failed_searches") or 0) + (sim.get("failed_feedback") or 0),
-                     "searches_per_s": sim.get("searches_per_s"),
-                     "seconds": round(time.perf_counter() - started, 1),
+                     "searches_per_s": sim.get("searches_per_s"), "seconds": round(simulated, 1),
+                     "look_seconds": round(time.perf_counter() - started - simulated, 1),
                      "verdicts": {name: verdict(r) for name, r in reports.items()}}
             record["stages"].append(stage)
             record.pop("running", None)
-            (folder / "traffic.json").write_text(json.dumps(record, indent=2))
-            log(f"stage {number}: A/B winner {stage['verdicts'][AB]['winner']}, "
-                f"A/A winner {stage['verdicts'][AA]['winner']}")
+            _save(folder, record)
+            ab = stage["verdicts"][AB]
+            lift = ab["primary_lift"]
+            interval = (f" {lift['lift']:+.2%} [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}]"
+                        if lift.get("lift") is not None and lift.get("ci_low") is not None else "")
+            log(f"look {number}: {ab['units']} A/B users, {ab['primary_metric']}{interval}: A/B winner "
+                f"{ab['winner'] or 'none yet'}, A/A winner {stage['verdicts'][AA]['winner'] or 'none'} "
+                f"({stage['searches_per_s']} searches/s, look {stage['look_seconds']} s)")
             previous = users
-            if stage["verdicts"][AB]["winner"] and not args.all_stages:
+            if ab["winner"] and not args.all_stages:
                 break
-        if reports is None:
-            reports = read_reports(ctx)
+        gateway.stop()
+        reports = read_reports(ctx)
         if args.keep_serving:
             gateway.start()
             log(f"dashboard: {gateway.url}/dashboard/{AB} (A/A: {gateway.url}/dashboard/{AA}); Ctrl-C to stop")
@@ -229,6 +272,8 @@ def outcome(offline: dict, record: dict, reports: dict, url: str) -> dict:
     pref = next(iter(reports[INTER].get("preferences") or []), {})
     inter["preference"] = {k: pref.get(k) for k in ("mean", "ci_low", "ci_high", "units", "wins", "losses", "ties")}
     first = next((s["users"] for s in record["stages"] if s["verdicts"][AB]["winner"] == offline_winner), None)
+    first_inter = next((s["users"] for s in record["stages"]
+                        if s["verdicts"].get(INTER, {}).get("winner") == offline_winner), None)
     lift = ab["primary_lift"].get("lift")
     offline_sign = 1 if offline_winner == "finetuned" else -1
     return {
@@ -237,7 +282,8 @@ def outcome(offline: dict, record: dict, reports: dict, url: str) -> dict:
         "offline": offline, "offline_winner": offline_winner, "ab": ab, "aa": aa, "interleaving": inter,
         "agrees_with_offline": ab["winner"] == offline_winner,
         "same_direction": lift is not None and (lift > 0) == (offline_sign > 0),
-        "aa_declared_winner": bool(aa["winner"]), "users_needed": first, "stages": record["stages"],
+        "aa_declared_winner": bool(aa["winner"]), "users_needed": first,
+        "interleaving_users_needed": first_inter, "stages": record["stages"],
         "dashboard": {"ab": f"{url}/dashboard/{AB}", "aa": f"{url}/dashboard/{AA}",
                       "interleaving": f"{url}/dashboard/{INTER}"},
         "static_dashboard": {"ab": str(Path("artifacts", "demo", f"{AB}.html")),
@@ -263,12 +309,15 @@ def print_outcome(result: dict, as_json: bool) -> None:
         print(f"  -> {plan['ab']['users_needed']} users for {target:.0%} power; A/A false-positive rate at most "
               f"{max(p['wrong_sequential'] for p in plan['aa']['points']):.1%}")
     for s in result["stages"]:
+        inter_winner = s["verdicts"].get(INTER, {}).get("winner")
         print(f"  after {s['users']:>6} users ({s['searches']} searches, {s.get('searches_per_s')}/s): A/B winner: "
-              f"{s['verdicts'][AB]['winner'] or 'none yet'}; A/A winner: {s['verdicts'][AA]['winner'] or 'none'}")
+              f"{s['verdicts'][AB]['winner'] or 'none yet'}; interleaving winner: {inter_winner or 'none yet'}; "
+              f"A/A winner: {s['verdicts'][AA]['winner'] or 'none'}")
     print(f"A/B verdict: {result['ab']['headline']}")
     lift = result["ab"]["primary_lift"]
     if lift.get("lift") is not None:
-        print(f"  {result['ab'].get('primary_metric') or 'primary metric'} lift {lift['lift']:+.2%}, always-valid interval [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}]")
+        print(f"  {result['ab'].get('primary_metric') or 'primary metric'} lift {lift['lift']:+.2%}, always-valid "
+              f"interval [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}]")
     if result["agrees_with_offline"]:
         print(f"  online agrees with offline ({result['offline_winner']} better), significant after "
               f"{result['users_needed']} users (whole layer; {AB_SHARE:.0%} of them in the A/B test)")
@@ -276,12 +325,15 @@ def print_outcome(result: dict, as_json: bool) -> None:
         print(f"  not significant yet at this volume; the estimate points "
               f"{'the same way as' if result['same_direction'] else 'against'} offline NDCG "
               f"({result['offline_winner']} better). The volume study above says how many users it takes: "
-              "rerun with DEMO_ARGS='--stages N' to replay them.")
+              "rerun with DEMO_ARGS='--max-users N' to replay more.")
     inter, pref = result["interleaving"], result["interleaving"]["preference"]
     if plan and plan.get("interleaving"):
         print(f"Interleaving volume study: {plan['interleaving']['users_needed']} interleaved users for "
               f"{plan.get('target_power', 0.8):.0%} power, against {plan['ab']['users_needed']} A/B users")
     if pref.get("mean") is not None:
+        if result.get("interleaving_users_needed"):
+            print(f"Interleaving named {result['offline_winner']} after {result['interleaving_users_needed']} layer "
+                  f"users ({INTER_SHARE:.0%} of them interleaved), the A/B test after {result['users_needed']}")
         print(f"Interleaving verdict ({pref['units']} users with a credited click, {INTER_SHARE:.0%} of the layer): "
               f"{inter['headline']} preference {pref['mean']:+.3f} [{pref['ci_low']:+.3f}, {pref['ci_high']:+.3f}], "
               f"wins/losses/ties {pref['wins']}/{pref['losses']}/{pref['ties']}")

@@ -1,8 +1,10 @@
-"""Replaying simulated users against a running gateway over HTTP (POST /v1/search, POST /v1/feedback).
+"""Replaying simulated users against a running gateway over HTTP (POST /v1/search, /v1/feedback/batch).
 
-asyncio + httpx with a bounded number of users in flight; each user's searches run one after another, as a
-person's would. The run is bounded in requests (the population) and in time (`max_seconds`), and only targets
-loopback addresses. Responses are used only for what a person sees: the impression id and the ranked doc ids.
+asyncio with a bounded number of users in flight (one keep-alive connection each: gateway/simulation/http.py); each
+user's searches run one after another, as a person's would. The run is bounded in requests (the population) and in
+time (`max_seconds`), and only targets loopback addresses. Responses are used only for what a person sees: the
+impression id and the ranked doc ids. A search's feedback goes in one POST /v1/feedback/batch, as a page that
+buffers its events sends it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-import httpx
-
 from experiments.errors import AbgateError, InputError
+from gateway.simulation.http import Connection, HTTPError
 from gateway.simulation.users import ClickModel, Judgments, SimulatedUser
 
 
@@ -53,9 +54,9 @@ def check_loopback(url: str) -> str:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if parts.scheme not in ("http", "https") or not loopback:
-        raise InputError(f"{url!r} is not a gateway on this machine: use http://127.0.0.1:PORT "
-                         "(the simulator only sends traffic to loopback addresses).", field="--url")
+    if parts.scheme != "http" or not loopback:
+        raise InputError(f"{url!r} is not a gateway on this machine over plain HTTP: use http://127.0.0.1:PORT "
+                         "(the simulator sends plain HTTP, to loopback addresses only).", field="--url")
     return url.rstrip("/")
 
 
@@ -67,7 +68,7 @@ class GatewayUnreachable(AbgateError):
 FAIL_FAST_AFTER = 20   # searches that all failed before the run gives up with a message
 
 
-async def _run_user(client: httpx.AsyncClient, user: SimulatedUser, judgments: Judgments, model: ClickModel,
+async def _run_user(client: Connection, user: SimulatedUser, judgments: Judgments, model: ClickModel,
                     seed: int, k: int, result: SimulationResult) -> None:
     from gateway.simulation.users import user_rng
 
@@ -76,10 +77,10 @@ async def _run_user(client: httpx.AsyncClient, user: SimulatedUser, judgments: J
     for visit in user.visits:
         for query_id in visit:
             try:
-                response = await client.post("/v1/search", json={
+                response = await client.post("/v1/search", {
                     "query": judgments.queries[query_id], "unit_id": user.unit_id, "k": k})
-            except httpx.HTTPError as exc:
-                _search_failed(result, f"POST /v1/search: {type(exc).__name__}: {exc}")
+            except HTTPError as exc:
+                _search_failed(result, f"POST /v1/search: {exc}")
                 continue
             if response.status_code // 100 != 2:
                 _search_failed(result, f"POST /v1/search: HTTP {response.status_code}: {response.text[:200]}")
@@ -87,8 +88,9 @@ async def _run_user(client: httpx.AsyncClient, user: SimulatedUser, judgments: J
             result.searches += 1
             body = response.json()
             doc_ids = [hit["doc_id"] for hit in body.get("results", [])]
-            for event in model.feedback(doc_ids, judgments.qrels[query_id], rng, user.propensity):
-                await _send_feedback(client, body["impression_id"], event, result)
+            events = model.feedback(doc_ids, judgments.qrels[query_id], rng, user.propensity)
+            if events:
+                await _send_feedback(client, body["impression_id"], events, result)
     result.users_done += 1
 
 
@@ -101,24 +103,28 @@ def _search_failed(result: SimulationResult, text: str) -> None:
                                  field="--url")
 
 
-async def _send_feedback(client: httpx.AsyncClient, impression_id: str, event: dict,
+async def _send_feedback(client: Connection, impression_id: str, events: list[dict],
                          result: SimulationResult) -> None:
+    """One impression's events in one request (POST /v1/feedback/batch), as a page that buffers its clicks
+    would send them: about a third of the requests one per event takes."""
     try:
-        response = await client.post("/v1/feedback", json={"impression_id": impression_id, **event})
+        response = await client.post("/v1/feedback/batch",
+                                     {"events": [{"impression_id": impression_id, **e} for e in events]})
         ok = response.status_code // 100 == 2
         if not ok:
-            result.note_error(f"POST /v1/feedback: HTTP {response.status_code}: {response.text[:200]}")
-    except httpx.HTTPError as exc:
+            result.note_error(f"POST /v1/feedback/batch: HTTP {response.status_code}: {response.text[:200]}")
+    except HTTPError as exc:
         ok = False
-        result.note_error(f"POST /v1/feedback: {type(exc).__name__}: {exc}")
+        result.note_error(f"POST /v1/feedback/batch: {exc}")
     if not ok:
-        result.failed_feedback += 1
+        result.failed_feedback += len(events)
         return
-    result.feedback += 1
-    kind = event["type"]
-    result.clicks += kind == "click"
-    result.dwells += kind == "dwell"
-    result.conversions += kind == "conversion"
+    result.feedback += len(events)
+    for event in events:
+        kind = event["type"]
+        result.clicks += kind == "click"
+        result.dwells += kind == "dwell"
+        result.conversions += kind == "conversion"
 
 
 async def replay(url: str, judgments: Judgments, users: list[SimulatedUser], *, model: ClickModel, seed: int,
@@ -133,38 +139,38 @@ async def replay(url: str, judgments: Judgments, users: list[SimulatedUser], *, 
     queue: asyncio.Queue[SimulatedUser] = asyncio.Queue()
     for user in users:
         queue.put_nowait(user)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     started = time.perf_counter()
+    connections = [Connection(base, timeout_s) for _ in range(min(concurrency, len(users)))]
 
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout_s, trust_env=False) as client:
-        async def worker() -> None:
-            while not queue.empty():
-                await _run_user(client, queue.get_nowait(), judgments, model, seed, k, result)
+    async def worker(client: Connection) -> None:
+        while not queue.empty():
+            await _run_user(client, queue.get_nowait(), judgments, model, seed, k, result)
 
-        async def report() -> None:
-            while True:
-                await asyncio.sleep(progress_every_s)
-                result.seconds = time.perf_counter() - started
-                progress(result)
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(progress_every_s)
+            result.seconds = time.perf_counter() - started
+            progress(result)
 
-        reporter = asyncio.create_task(report()) if progress else None
-        workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(users)))]
-        try:
-            done, pending = await asyncio.wait(workers, timeout=max_seconds,
-                                               return_when=asyncio.FIRST_EXCEPTION)
-            if pending:
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-            for task in done:
-                if task.exception():
-                    raise task.exception()
-            if pending and not any(t.exception() for t in done):
-                result.stopped = f"time limit of {max_seconds:g} s"
-        finally:
-            if reporter:
-                reporter.cancel()
-            for task in workers:
+    reporter = asyncio.create_task(report()) if progress else None
+    workers = [asyncio.create_task(worker(c)) for c in connections]
+    try:
+        done, pending = await asyncio.wait(workers, timeout=max_seconds, return_when=asyncio.FIRST_EXCEPTION)
+        if pending:
+            for task in pending:
                 task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            if task.exception():
+                raise task.exception()
+        if pending and not any(t.exception() for t in done):
+            result.stopped = f"time limit of {max_seconds:g} s"
+    finally:
+        if reporter:
+            reporter.cancel()
+        for task in workers:
+            task.cancel()
+        for connection in connections:
+            await connection.close()
     result.seconds = time.perf_counter() - started
     return result

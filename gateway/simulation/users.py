@@ -81,7 +81,9 @@ class ClickModel:
                 seconds = float(median * math.exp(0.5 * rng.standard_normal()))
                 events.append({"type": "dwell", "doc_id": doc_id, "position": position, "value": round(seconds, 2)})
             if relevant and rng.random() < self.p_conversion:
-                events.append({"type": "conversion", "doc_id": doc_id, "position": position, "value": 1.0})
+                # Keyed, as a client that may resend it must: one conversion per document and impression here.
+                events.append({"type": "conversion", "doc_id": doc_id, "position": position, "value": 1.0,
+                               "idempotency_key": "sim-conversion"})
         return events
 
 
