@@ -71,6 +71,40 @@ def _latency_guardrail(entry: dict, experiment, data, arm: str, relative: bool, 
     entry["reason"] = f"p95 {c:.1f} ms -> {t:.1f} ms"
 
 
+NO_EVENTS_METHOD = "no event in either arm: exact bound 1 - (alpha/2)^(1/n) per arm, valid at any look"
+
+
+def _no_events(entry: dict, data, control: str, arm: str, metric, relative: bool, settings) -> None:
+    """A guardrail on a metric that neither arm has seen at all (no zero-result search, say: a dense index
+    always answers) has zero variance, so the delta method gives no interval, and a guardrail that can never
+    be shown safe would hold back every verdict. Counts are never negative, so each arm's mean is 0 or more,
+    and an arm whose n units had no event has, with probability 1 - a, a share of units with any event below
+    u = 1 - a^(1/n): under a share >= u every unit is event-free with probability <= 1 - u, so the product
+    of 1{no event} / (1 - u) over units is a non-negative supermartingale and Ville's inequality makes the
+    bound hold at every look, not only a planned one. That share bounds the metric (a ratio of counts per
+    unit, each in [0, 1] of its denominator; or a mean of indicators) unless units with events search more
+    than the rest; the method says so in the report."""
+    stats = data.stats.get(metric.name, {})
+    c, t = stats.get(control), stats.get(arm)
+    if c is None or t is None or c.n < 1 or t.n < 1 or _events(c) != 0 or _events(t) != 0:
+        return
+    if relative:
+        entry["reason"] = ("neither arm has any event of this metric, so its control rate is 0 and a relative "
+                           "margin is undefined: give the guardrail max_absolute_increase instead")
+        return
+    alpha = settings.alpha / 2
+    bound_c, bound_t = 1 - alpha ** (1 / c.n), 1 - alpha ** (1 / t.n)
+    low, high = (-bound_t, bound_c) if metric.higher_is_better else (-bound_c, bound_t)
+    entry.update(harm=0.0, harm_low=low, harm_upper=high, method=NO_EVENTS_METHOD,
+                 reason=f"no event in either arm ({c.n:,} and {t.n:,} units): the treatment's rate is below "
+                        f"{bound_t:.2%}")
+
+
+def _events(stat) -> float:
+    total = getattr(stat, "m_sum", None)
+    return stat.sum if total is None else total
+
+
 def evaluate_guardrails(experiment, data, rows: list[dict], settings) -> list[dict]:
     """One entry per guardrail x treatment arm: the non-inferiority of its harm against its margin."""
     out = []
@@ -95,6 +129,7 @@ def evaluate_guardrails(experiment, data, rows: list[dict], settings) -> list[di
                 result = row and ((row[f"{key}_sequential"] if sequential else None) or row[key])
                 if not result or result.get("lift") is None or result.get("ci_low") is None:
                     entry["reason"] = (row or {}).get("reason") or "no estimate yet"
+                    _no_events(entry, data, experiment.control, arm, metric, relative, settings)
                 else:
                     ni = noninferiority(result["lift"], result["ci_low"], result["ci_high"], limit,
                                         higher_is_better=metric.higher_is_better, units=entry["units"])
@@ -103,5 +138,7 @@ def evaluate_guardrails(experiment, data, rows: list[dict], settings) -> list[di
             if entry["harm_upper"] is not None:
                 ni = classify(entry["harm"], entry["harm_low"], entry["harm_upper"], limit, entry["units"])
                 entry.update(status=ni.status, units_needed=ni.units_needed)
+                if entry["method"] == NO_EVENTS_METHOD and ni.status == "inconclusive" and 0 < limit < 1:
+                    entry["units_needed"] = 2 * math.ceil(math.log(settings.alpha / 2) / math.log1p(-limit))
             out.append(entry)
     return out

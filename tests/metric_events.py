@@ -47,8 +47,9 @@ def _id(rng: np.random.Generator) -> str:
 
 def generate(experiment: str = "exp", arms: dict[str, float] | None = None, *, units: int = 300, days: int = 3,
              seed: int = 1, start: datetime = START, weights: dict[str, float] | None = None,
-             noise: bool = True) -> EventLog:
-    """arms: name -> click probability per shown position-1 result (position p clicks with prob/p)."""
+             noise: bool = True, zero_results: float = 0.05) -> EventLog:
+    """arms: name -> click probability per shown position-1 result (position p clicks with prob/p);
+    zero_results: the share of searches that return nothing."""
     rng = np.random.default_rng(seed)
     arms = arms or {"control": 0.30, "treatment": 0.36}
     names = list(arms)
@@ -61,7 +62,7 @@ def generate(experiment: str = "exp", arms: dict[str, float] | None = None, *, u
         for _ in range(int(rng.integers(1, 7))):
             day = int(rng.integers(first_day, days))
             ts = start + timedelta(days=day, seconds=int(rng.integers(0, 86_000)))
-            results = 0 if rng.random() < 0.05 else 10
+            results = 0 if rng.random() < zero_results else 10
             imp = Impression(_id(rng), ts, experiment, arm, unit, True, "q", [f"d{i}" for i in range(results)],
                              [1.0 - i / 20 for i in range(results)], float(rng.gamma(4, 5)), f"enc-{arm}",
                              f"idx-{arm}")

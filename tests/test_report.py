@@ -38,6 +38,11 @@ def client(tmp_path_factory, request):
                            weights={"control": 0.62, "treatment": 0.38}),
         "noclicks": generate("noclicks", {"control": 0.0, "treatment": 0.0}, units=200, days=DAYS, seed=15,
                              noise=False),
+        # a dense index always answers: no zero-result search in either arm
+        "dense": generate("dense", {"control": 0.25, "treatment": 0.40}, units=1200, days=DAYS, seed=17,
+                          zero_results=0.0),
+        "dense-small": generate("dense-small", {"control": 0.25, "treatment": 0.40}, units=300, days=DAYS,
+                                seed=18, zero_results=0.0),
     }
     for log in logs.values():
         log.insert(client)
@@ -219,6 +224,28 @@ def test_guardrails_are_non_inferiority_tests_that_hold_ship_back(client):
     wide = report_of(client, "win")
     assert all(g["status"] == "pass" and g["harm_upper"] < g["limit"] for g in wide["guardrails"])
     assert wide["verdict"]["status"] == "ship"
+
+
+def test_a_guardrail_on_a_metric_neither_arm_has_seen_gets_an_exact_bound_not_a_veto(client):
+    """Zero variance gives the delta method no interval; without this bound the guardrail could never be shown
+    safe and no dense-retrieval experiment would ever ship (the demo's did not)."""
+    zero = [{"metric": "zero_result_rate", "max_absolute_increase": 0.01}]
+    report = report_of(client, "dense", guardrails=zero)
+    (guard,) = report["guardrails"]
+    units = {arm: s["units"] for arm, s in report["traffic"]["arms"].items()}
+    assert guard["harm"] == 0 and guard["harm_upper"] == pytest.approx(1 - 0.025 ** (1 / units["treatment"]))
+    assert guard["harm_low"] == pytest.approx(-(1 - 0.025 ** (1 / units["control"])))
+    assert guard["status"] == "pass" and "no event in either arm" in guard["method"]
+    assert report["verdict"]["status"] == "ship" and report["verdict"]["winner"] == "treatment"
+    small = report_of(client, "dense-small", guardrails=zero)
+    (guard,) = small["guardrails"]  # ~150 units per arm: the bound (~2.4%) is still above the 1% margin
+    assert guard["status"] == "inconclusive" and guard["harm_upper"] > 0.01
+    assert guard["units_needed"] == 2 * 368  # per arm: the smallest n with 1 - 0.025^(1/n) < 0.01
+    assert small["verdict"]["status"] != "ship"
+    relative = report_of(client, "dense", guardrails=[{"metric": "zero_result_rate", "max_relative_increase": 0.1}])
+    (guard,) = relative["guardrails"]
+    assert guard["status"] == "inconclusive" and "max_absolute_increase" in guard["reason"]
+    assert relative["verdict"]["status"] != "ship"
 
 
 def test_a_guardrail_shown_beyond_its_margin_fails(client):

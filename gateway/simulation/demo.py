@@ -168,9 +168,13 @@ def run(args: argparse.Namespace) -> int:
         build_arms(ctx, args.finetune_args.split(), args.full)
         record = reset_store_if_stale(ctx, args.fresh_traffic)  # first: offline rows live in the same store
         offline = evaluate_offline(ctx)
+        step = time.perf_counter()
         plan = plan_volume(ctx)
+        ctx.timings["volume study"] = round(time.perf_counter() - step, 1)
         args.stages = looks(args.stages, args.look_every, args.max_users)
+        step = time.perf_counter()
         outcome = serve_and_simulate(ctx, args, offline, record) | {"volume_study": plan}
+        ctx.timings["traffic, looks and final reports"] = round(time.perf_counter() - step, 1)
     except KeyboardInterrupt:
         log("interrupted: steps in progress were stopped; finished steps are kept for the next run")
         return 130

@@ -6,6 +6,8 @@ the 2 shared cores, httpx's AsyncClient took ~1.4 ms of CPU per request, as much
 answering it, so the simulator was the bottleneck (one core busy, the gateway waiting on it). This client
 does only what the simulator needs (POST a JSON body, read status and body; Content-Length or chunked
 answers) at a fraction of that. It talks real HTTP over TCP: uvicorn cannot tell it from any other client.
+(bench/loadgen.py is the benchmarks' own lean client: it must also run in other servers' environments, without
+abgate's dependencies, so it stays separate and parses only what a benchmark needs.)
 
 A connection the server closed while it sat idle (uvicorn's keep-alive timeout) is reopened and the request
 sent again only when not a byte of an answer came back: the server closes idle connections only between
@@ -78,10 +80,16 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: object) -> Reply:
+        return await self.send(self.request(path, body))
+
+    def request(self, path: str, body: object) -> bytes:
+        """The bytes of a POST of `body` as JSON (a load generator encodes its requests once, ahead)."""
         payload = self._encoder.encode(body)
-        request = b"".join((b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", self._host_header,
-                            b"\r\nContent-Type: application/json\r\nContent-Length: ", str(len(payload)).encode(),
-                            b"\r\n\r\n", payload))
+        return b"".join((b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", self._host_header,
+                         b"\r\nContent-Type: application/json\r\nContent-Length: ", str(len(payload)).encode(),
+                         b"\r\n\r\n", payload))
+
+    async def send(self, request: bytes) -> Reply:
         try:
             return await asyncio.wait_for(self._exchange(request), self.timeout_s)
         except (asyncio.TimeoutError, OSError, httptools.HttpParserError) as exc:
