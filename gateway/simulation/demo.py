@@ -4,7 +4,7 @@
     -> index both -> evaluate both offline (into the store)
     -> volume study (`abgate simulate-volume`: the traffic each design needs, printed beside the outcome)
     -> serve the demo experiments -> replay simulated users in chunks, looking at the live reports after each,
-       until the A/B test names a winner (or --max-users) -> the final reports from the store
+       until the A/B test and interleaving have both named a winner (or --max-users) -> the final reports
     -> print the dashboard address and the verdicts
 
 Steps are cached: a step is skipped when its output is complete (the manifest each command writes last) and
@@ -47,10 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--look-every", type=int, default=2000,
                    help="layer users between two looks at the reports (default 2,000: about 12,000 searches)")
     p.add_argument("--max-users", type=int, default=40000,
-                   help="traffic budget: the demo stops here if the A/B test has named no winner yet (default "
-                        "40,000 layer users, 32,000 in the A/B test, where the volume study finds power ~0.99; "
-                        "about 4 minutes of traffic on 2 cores)")
-    p.add_argument("--all-stages", action="store_true", help="go on after the A/B test has a verdict")
+                   help="traffic budget: the demo stops here if the A/B test or interleaving has named no winner "
+                        "yet (default 40,000 layer users, 32,000 in the A/B test, where the volume study finds "
+                        "power ~1.0; about 4 minutes of traffic on 2 cores)")
+    p.add_argument("--all-stages", action="store_true",
+                   help="go on after the A/B test and interleaving have both named a winner")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--full", action="store_true",

@@ -3,8 +3,9 @@
 One gateway serves the whole run. Simulated users come in chunks (`--look-every` layer users, or the
 cumulative volumes of `--stages`); after each chunk the demo reads the three reports from the running gateway
 (GET /dashboard/NAME/report.json, built from the store as it is then: the sequential tests' always-valid
-intervals make every such look legitimate) and stops the traffic at the first look where the A/B test names a
-winner, as a team watching its dashboard would. The A/A experiment must name none at any look. At the end the
+intervals make every such look legitimate) and stops the traffic at the first look where the A/B test and the
+interleaving experiment have both named a winner, as a team watching its dashboard would. The A/A experiment
+must name none at any look. At the end the
 gateway is stopped (its event writer flushes) and `abgate report` reads the final reports from the store.
 
 What was replayed is recorded in artifacts/demo/traffic.json with the checksums of the arms; a second run
@@ -211,13 +212,19 @@ def _save(folder: Path, record: dict) -> None:
     (folder / "traffic.json").write_text(json.dumps(record, indent=2))
 
 
+def both_decided(stage: dict) -> bool:
+    """The demo's stopping rule: the A/B test and the interleaving experiment have both named a winner (each
+    test's always-valid guarantee holds at any stopping time, this one included)."""
+    return bool(stage["verdicts"][AB]["winner"]) and bool(stage["verdicts"].get(INTER, {}).get("winner"))
+
+
 def serve_and_simulate(ctx: Context, args, offline: dict, record: dict) -> dict:
     """`record`: from reset_store_if_stale, called before the offline evaluation (whose rows share the store).
     `args.stages`: the cumulative layer users after which the demo looks at the reports."""
     folder = demo_dir(ctx)
     gateway = demo_gateway(ctx, args.port)
     previous = record["stages"][-1]["users"] if record["stages"] else 0
-    decided = any(s["verdicts"][AB]["winner"] for s in record["stages"]) and not args.all_stages
+    decided = bool(record["stages"]) and both_decided(record["stages"][-1]) and not args.all_stages
     todo = [] if decided else [users for users in args.stages if users > previous]
     try:
         if todo:
@@ -248,10 +255,11 @@ def serve_and_simulate(ctx: Context, args, offline: dict, record: dict) -> dict:
             interval = (f" {lift['lift']:+.2%} [{lift['ci_low']:+.2%}, {lift['ci_high']:+.2%}]"
                         if lift.get("lift") is not None and lift.get("ci_low") is not None else "")
             log(f"look {number}: {ab['units']} A/B users, {ab['primary_metric']}{interval}: A/B winner "
-                f"{ab['winner'] or 'none yet'}, A/A winner {stage['verdicts'][AA]['winner'] or 'none'} "
-                f"({stage['searches_per_s']} searches/s, look {stage['look_seconds']} s)")
+                f"{ab['winner'] or 'none yet'}, interleaving winner {stage['verdicts'][INTER]['winner'] or 'none yet'}"
+                f", A/A winner {stage['verdicts'][AA]['winner'] or 'none'} ({stage['searches_per_s']} searches/s, "
+                f"look {stage['look_seconds']} s)")
             previous = users
-            if ab["winner"] and not args.all_stages:
+            if both_decided(stage) and not args.all_stages:
                 break
         gateway.stop()
         reports = read_reports(ctx)
