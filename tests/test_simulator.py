@@ -262,6 +262,15 @@ def test_demo_second_half_serves_simulates_and_reports(tmp_path, baseline_encode
     assert ab["winner"] is None and aa["winner"] is None and inter["winner"] is None
     assert result["interleaving"]["status"] in ("inconclusive", "insufficient_data", "no_data")
     assert (work / "artifacts" / "demo" / f"{AB}.html").is_file()
+    import contextlib
+    import io
+
+    from gateway.simulation.demo_outcome import print_outcome
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:  # not capsys: the demo's children need a real stderr
+        print_outcome(result | {"timings": {"total": 1.0}}, as_json=False)
+    printed = out.getvalue()
+    assert "after     40 users" in printed and "A/A verdict:" in printed and "no winner, as it should be" in printed
     # A second run finds the stage done and replays nothing.
     again = serve_and_simulate(ctx, args, offline, reset_store_if_stale(ctx, fresh=False))
     assert again["stages"] == result["stages"]

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from experiments.errors import InputError
 from gateway.artifacts import encoder_ready, index_ready
-from gateway.simulation.demo_traffic import (evaluate_offline, plan_volume, print_outcome, reset_store_if_stale,
-                                             serve_and_simulate)
+from gateway.simulation.demo_outcome import print_outcome
+from gateway.simulation.demo_traffic import evaluate_offline, plan_volume, reset_store_if_stale, serve_and_simulate
 from gateway.simulation.steps import Context, abgate, log, run_step
 
 REPO = Path(__file__).resolve().parents[2]  # the repository: gateway/simulation/demo.py -> ./
