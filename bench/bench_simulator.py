@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 import bench_gateway as bg  # noqa: E402
 import httpx  # noqa: E402
 
-from gateway.simulation.replay import SimulationResult, replay  # noqa: E402
+from gateway.simulation.replay import SimulationResult, replay, run  # noqa: E402
 from gateway.simulation.users import ClickModel, Population, load_judgments, make_users, user_rng  # noqa: E402
 
 CONCURRENCY = 32
@@ -48,19 +48,26 @@ async def _reference(url: str, judgments, users, model: ClickModel, seed: int) -
                 rng = user_rng(seed, 1_000_000_000 + user.index)
                 for visit in user.visits:
                     for query_id in visit:
-                        r = await client.post("/v1/search", json={"query": judgments.queries[query_id],
-                                                                  "unit_id": user.unit_id, "k": 10})
-                        if r.status_code != 200:
+                        try:
+                            r = await client.post("/v1/search", json={"query": judgments.queries[query_id],
+                                                                      "unit_id": user.unit_id, "k": 10})
+                        except httpx.HTTPError:  # counted, as the simulator of the time did
+                            r = None
+                        if r is None or r.status_code != 200:
                             result.failed_searches += 1
                             continue
                         result.searches += 1
                         body = r.json()
                         doc_ids = [h["doc_id"] for h in body["results"]]
                         for event in model.feedback(doc_ids, judgments.qrels[query_id], rng, user.propensity):
-                            f = await client.post("/v1/feedback", json={"impression_id": body["impression_id"],
-                                                                        **event})
-                            result.feedback += f.status_code == 202
-                            result.failed_feedback += f.status_code != 202
+                            try:
+                                f = await client.post("/v1/feedback", json={"impression_id": body["impression_id"],
+                                                                            **event})
+                                ok = f.status_code == 202
+                            except httpx.HTTPError:
+                                ok = False
+                            result.feedback += ok
+                            result.failed_feedback += not ok
                 result.users_done += 1
 
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -94,11 +101,6 @@ def main() -> int:
     encoder, index = bg.find_artifacts(args.encoder, args.index, data, 2000)
     judgments = load_judgments(data)
     model = ClickModel()
-    try:
-        import uvloop
-        run = uvloop.run
-    except ImportError:
-        run = asyncio.run
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bg.write_experiment(work / "experiments", encoder, index)

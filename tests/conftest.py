@@ -228,6 +228,16 @@ def GatewayProcess(workdir: Path, experiments: Path, *extra: str, env: dict | No
     return process.start()
 
 
+def two_arm_gateway(workdir: Path, artifacts, *extra: str) -> launcher.GatewayProcess:
+    """`abgate serve` on write_two_arm_experiment's experiment in workdir/experiments (`artifacts`: the
+    gateway_artifacts fixture), started."""
+    experiments = workdir / "experiments"
+    write_two_arm_experiment(experiments, *artifacts)
+    gateway = GatewayProcess(workdir, experiments, *extra)
+    gateway.experiments = experiments
+    return gateway
+
+
 @pytest.fixture(scope="session")
 def gateway_artifacts(baseline_encoder_dir: Path, small_index_dir: Path, hnsw_index_dir: Path):
     return baseline_encoder_dir, small_index_dir, hnsw_index_dir

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from conftest import GatewayProcess, write_two_arm_experiment
+from conftest import GatewayProcess, two_arm_gateway, write_two_arm_experiment
 from experiments.loader import load_folder
 from gateway.assignment import Assigner
 
@@ -23,11 +23,7 @@ QUERIES = ["0-dimensional biomaterials show inductive properties.",
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, gateway_artifacts):
-    workdir = tmp_path_factory.mktemp("gateway")
-    experiments = workdir / "experiments"
-    write_two_arm_experiment(experiments, *gateway_artifacts)
-    gateway = GatewayProcess(workdir, experiments, "--max-wait-ms", "5")
-    gateway.experiments = experiments
+    gateway = two_arm_gateway(tmp_path_factory.mktemp("gateway"), gateway_artifacts, "--max-wait-ms", "5")
     yield gateway
     gateway.stop()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from conftest import GatewayProcess, write_two_arm_experiment
+from conftest import two_arm_gateway
 
 pytestmark = pytest.mark.slow
 QUERIES = ["Vitamin D deficiency is linked to tuberculosis."]
@@ -14,10 +14,7 @@ QUERIES = ["Vitamin D deficiency is linked to tuberculosis."]
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory, gateway_artifacts):
-    workdir = tmp_path_factory.mktemp("gateway")
-    experiments = workdir / "experiments"
-    write_two_arm_experiment(experiments, *gateway_artifacts)
-    gateway = GatewayProcess(workdir, experiments, "--max-wait-ms", "5")
+    gateway = two_arm_gateway(tmp_path_factory.mktemp("gateway"), gateway_artifacts, "--max-wait-ms", "5")
     try:
         with httpx.Client(base_url=gateway.url, timeout=30) as c:
             yield c

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -75,17 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lp.set_defaults(func=loop)
 
 
-def _run(coroutine):
-    """uvloop where installed (as the gateway serves with it): the load generator's own loop costs less."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
-
-
 def simulate(args: argparse.Namespace) -> int:
-    from gateway.simulation.replay import check_loopback, replay
+    from gateway.simulation.replay import check_loopback, replay, run
     from gateway.simulation.users import ClickModel, Population, load_judgments, make_users
 
     url = check_loopback(args.url)
@@ -103,8 +93,8 @@ def simulate(args: argparse.Namespace) -> int:
         print(f"simulate: {r.users_done}/{r.users} users, {r.searches}/{planned} searches, {r.clicks} clicks, "
               f"{r.failed_searches + r.failed_feedback} errors, {rate:.0f} searches/s", file=sys.stderr)
 
-    result = _run(replay(url, judgments, users, model=model, seed=args.seed, k=args.k,
-                         concurrency=args.concurrency, max_seconds=args.max_seconds, progress=progress))
+    result = run(replay(url, judgments, users, model=model, seed=args.seed, k=args.k,
+                        concurrency=args.concurrency, max_seconds=args.max_seconds, progress=progress))
     summary = result.as_dict() | {"planned_searches": planned, "url": url, "seed": args.seed,
                                   "click_model": asdict(model), "population": asdict(population)}
     if args.json:

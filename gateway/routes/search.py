@@ -8,7 +8,7 @@ from litestar.params import SkipValidation
 from gateway.routes.body import require_json_body
 from gateway.routes.schemas import (FeedbackBatchRequest, FeedbackBatchResponse, FeedbackRequest, FeedbackResponse,
                                     Result, SearchRequest, SearchResponse)
-from gateway.service import SearchService
+from gateway.service import FeedbackOutcome, SearchService
 
 
 class SearchController(Controller):
@@ -26,13 +26,15 @@ class SearchController(Controller):
     async def feedback(self, data: FeedbackRequest, service: SkipValidation[SearchService]) -> FeedbackResponse:
         out = await service.feedback(data.impression_id, data.type, data.doc_id, data.position, data.value,
                                      idempotency_key=data.idempotency_key)
-        served = out.impression
-        return FeedbackResponse(out.event_id, served.impression_id, served.experiment, served.arm)
+        return _answer(out)
 
     @post("/feedback/batch", status_code=202,
           summary="Record up to 100 feedback events at once (e.g. a page's buffered clicks): all or none")
     async def feedback_batch(self, data: FeedbackBatchRequest,
                              service: SkipValidation[SearchService]) -> FeedbackBatchResponse:
-        outcomes = await service.feedback_batch(data.events)
-        return FeedbackBatchResponse([FeedbackResponse(o.event_id, o.impression.impression_id, o.impression.experiment,
-                                                       o.impression.arm) for o in outcomes])
+        return FeedbackBatchResponse([_answer(o) for o in await service.feedback_batch(data.events)])
+
+
+def _answer(out: FeedbackOutcome) -> FeedbackResponse:
+    served = out.impression
+    return FeedbackResponse(out.event_id, served.impression_id, served.experiment, served.arm)

@@ -5,8 +5,8 @@ cumulative volumes of `--stages`); after each chunk the demo reads the three rep
 (GET /dashboard/NAME/report.json, built from the store as it is then: the sequential tests' always-valid
 intervals make every such look legitimate) and stops the traffic at the first look where the A/B test and the
 interleaving experiment have both named a winner, as a team watching its dashboard would. The A/A experiment
-must name none at any look. At the end the
-gateway is stopped (its event writer flushes) and `abgate report` reads the final reports from the store.
+must name none at any look. At the end the gateway is stopped (its event writer flushes) and `abgate report`
+reads the final reports from the store.
 
 What was replayed is recorded in artifacts/demo/traffic.json with the checksums of the arms; a second run
 skips finished looks, and changed arms start the store afresh.

@@ -80,16 +80,10 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: object) -> Reply:
-        return await self.send(self.request(path, body))
-
-    def request(self, path: str, body: object) -> bytes:
-        """The bytes of a POST of `body` as JSON (a load generator encodes its requests once, ahead)."""
         payload = self._encoder.encode(body)
-        return b"".join((b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", self._host_header,
-                         b"\r\nContent-Type: application/json\r\nContent-Length: ", str(len(payload)).encode(),
-                         b"\r\n\r\n", payload))
-
-    async def send(self, request: bytes) -> Reply:
+        request = b"".join((b"POST ", path.encode(), b" HTTP/1.1\r\nHost: ", self._host_header,
+                            b"\r\nContent-Type: application/json\r\nContent-Length: ", str(len(payload)).encode(),
+                            b"\r\n\r\n", payload))
         try:
             return await asyncio.wait_for(self._exchange(request), self.timeout_s)
         except (asyncio.TimeoutError, OSError, httptools.HttpParserError) as exc:
